@@ -1,0 +1,1 @@
+"""Event stores: durable storage of events, sync state and dry-run records."""

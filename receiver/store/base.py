@@ -1,0 +1,149 @@
+"""The ``EventStore`` protocol, shared by the SQLite and PostgreSQL stores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from receiver.models import (
+    ClaimedContact,
+    ContactUpdate,
+    EventFilter,
+    HistoryEntry,
+    NewEvent,
+    Outcome,
+    StoredEvent,
+    TargetRecord,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one webhook request's events became once committed."""
+
+    accepted: int
+    duplicates: int
+    invalid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRefusal:
+    """Why an event could not be replayed (409 for the API)."""
+
+    event_id: int
+    reason: str
+
+
+class EventStore(Protocol):
+    """Durable storage for events, per-contact sync state and dry-run records.
+
+    Every method takes ``now`` (unix seconds) from the caller where time matters,
+    so the store never reads the clock itself.
+    """
+
+    name: str  # "sqlite" or "postgres"
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending commits and disconnect."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+        ...
+
+    async def ingest(self, events: Sequence[NewEvent], now: float) -> IngestResult:
+        """Store new events durably, skipping duplicates; returns after the commit.
+
+        Concurrent calls share one transaction (group commit).
+        """
+        ...
+
+    async def claim(
+        self, owner: str, now: float, lease_s: float, max_contacts: int
+    ) -> list[ClaimedContact]:
+        """Lease up to ``max_contacts`` contacts that have due events, with those events.
+
+        A contact leased by anyone (this process or another) is never returned until
+        its lease is released by ``record`` or expires.
+        """
+        ...
+
+    async def record(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        contacts: Sequence[ContactUpdate],
+        release: Sequence[int],
+        now: float,
+    ) -> None:
+        """Record outcomes and contact sync state, then release the contacts' leases."""
+        ...
+
+    async def next_due_at(self, now: float) -> float | None:
+        """Earliest ``next_attempt_at`` of a retrying event, or None."""
+        ...
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Count of events per state and reason (``""`` for none), without a scan."""
+        ...
+
+    async def oldest_open_received_at(self) -> float | None:
+        """``received_at`` of the oldest pending or retrying event."""
+        ...
+
+    async def last_synced_at(self) -> float | None:
+        """When an event last ended ``synced``."""
+        ...
+
+    async def get_event(self, event_id: int) -> StoredEvent | None:
+        """One event, or None."""
+        ...
+
+    async def history(self, event_id: int) -> list[HistoryEntry]:
+        """The attempts of one event, oldest first."""
+        ...
+
+    async def list_events(
+        self, flt: EventFilter, limit: int, before_id: int | None = None
+    ) -> list[StoredEvent]:
+        """Events matching ``flt``, newest (highest id) first, with id < ``before_id``."""
+        ...
+
+    async def replay(self, event_ids: Sequence[int], now: float) -> list[ReplayRefusal]:
+        """Send events back to ``pending``; refuses (and leaves) open or leased ones."""
+        ...
+
+    async def replay_matching(self, flt: EventFilter, now: float, chunk: int = 1000) -> int:
+        """Send every closed event matching ``flt`` back to pending, in chunks; the count."""
+        ...
+
+    async def count_matching(self, flt: EventFilter) -> int:
+        """How many events match ``flt``."""
+        ...
+
+    async def purge(self, flt: EventFilter, chunk: int = 1000) -> int:
+        """Delete events matching ``flt`` in chunks; the count."""
+        ...
+
+    async def get_contact(self, object_id: int) -> Any:
+        """The ``ContactState`` of one contact, or None."""
+        ...
+
+    async def upsert_record(
+        self, kind: str, hubspot_id: str, fields: dict[str, Any], now: float
+    ) -> tuple[str, bool]:
+        """Dry-run target: merge ``fields`` into the record; its id and whether created."""
+        ...
+
+    async def delete_records(self, hubspot_id: str) -> int:
+        """Dry-run target: delete the Lead and Contact for a HubSpot id."""
+        ...
+
+    async def list_records(self, kind: str | None = None) -> list[TargetRecord]:
+        """Dry-run target: what it holds, newest upsert first."""
+        ...

@@ -1,0 +1,1 @@
+"""Targets: the CRMs stagesync writes to."""

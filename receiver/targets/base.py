@@ -1,0 +1,64 @@
+"""The ``Target`` protocol every CRM implementation follows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from receiver.exceptions import UpstreamError
+from receiver.models import Kind
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertRequest:
+    """One record to upsert: ``fields`` are already mapped to target field names."""
+
+    kind: Kind
+    hubspot_id: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    """The target's id for the record, and whether the upsert created it."""
+
+    target_id: str
+    created: bool
+
+
+class Target(Protocol):
+    """A CRM that stagesync upserts Leads and Contacts into.
+
+    Errors are raised as :mod:`receiver.exceptions` types: ``RateLimited``,
+    ``TransientError`` (retry later) or ``PermanentError`` (fail the event).
+    """
+
+    name: str
+    batch_size: int  # most records one ``upsert_batch`` call takes
+    supports_convert: bool  # whether promotion = "convert" is possible
+
+    def default_mapping(self, kind: Kind) -> dict[str, str]:
+        """Target field -> HubSpot property, before the user's overrides."""
+        ...
+
+    async def upsert(self, request: UpsertRequest) -> UpsertResult:
+        """Create or update one record keyed by the HubSpot id."""
+        ...
+
+    async def upsert_batch(
+        self, requests: Sequence[UpsertRequest]
+    ) -> list[UpsertResult | UpstreamError]:
+        """Upsert many records; one result or per-record error per request, in order.
+
+        An error that concerns the whole call (outage, rate limit) is raised instead.
+        """
+        ...
+
+    async def delete(self, hubspot_id: str) -> int:
+        """Delete every record (Lead and Contact) for a HubSpot id; returns how many."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
