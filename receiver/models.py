@@ -43,6 +43,7 @@ class StoredEvent:
     target_kind: str | None
     target_id: str | None
     raw: dict[str, Any]
+    attempt_floor: int = 0  # attempts made before the last replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class Outcome:
     target_kind: str | None = None
     target_id: str | None = None
     counts_attempt: bool = True
+    coalesced_into: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,6 @@ class ContactUpdate:
     target_id: str | None
     stage: str | None
     last_occurred_at: int | None
-    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

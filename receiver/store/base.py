@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +50,13 @@ class EventStore(Protocol):
 
     async def close(self) -> None:
         """Flush pending commits and disconnect."""
+        ...
+
+    def add_commit_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the event loop) when new or replayed events are committed.
+
+        The PostgreSQL store also calls it on another instance's commit (LISTEN/NOTIFY).
+        """
         ...
 
     async def ping(self) -> None:
@@ -118,7 +125,13 @@ class EventStore(Protocol):
         """Send events back to ``pending``; refuses (and leaves) open or leased ones."""
         ...
 
-    async def replay_matching(self, flt: EventFilter, now: float, chunk: int = 1000) -> int:
+    async def replay_matching(
+        self,
+        flt: EventFilter,
+        now: float,
+        chunk: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Send every closed event matching ``flt`` back to pending, in chunks; the count."""
         ...
 
@@ -134,10 +147,13 @@ class EventStore(Protocol):
         """The ``ContactState`` of one contact, or None."""
         ...
 
-    async def upsert_record(
-        self, kind: str, hubspot_id: str, fields: dict[str, Any], now: float
-    ) -> tuple[str, bool]:
-        """Dry-run target: merge ``fields`` into the record; its id and whether created."""
+    async def upsert_records(
+        self, items: Sequence[tuple[str, str, dict[str, Any]]], now: float
+    ) -> list[tuple[str, bool]]:
+        """Dry-run target: merge fields into records ``(kind, hubspot_id, fields)``.
+
+        One transaction; returns each record's id and whether it was created.
+        """
         ...
 
     async def delete_records(self, hubspot_id: str) -> int:

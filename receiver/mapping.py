@@ -1,0 +1,38 @@
+"""Field mapping: HubSpot properties to target fields. Pure functions.
+
+A mapping is ``{target_field: hubspot_property}``. The user's ``[mapping.lead]`` and
+``[mapping.contact]`` tables add to or override the target's defaults; ``""`` removes a
+default field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+LIFECYCLE_STAGE = "lifecyclestage"
+
+
+def merge_mapping(defaults: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    """Defaults with the user's overrides applied (``""`` drops a field)."""
+    merged = dict(defaults)
+    for field, prop in overrides.items():
+        if prop == "":
+            merged.pop(field, None)
+        else:
+            merged[field] = prop
+    return merged
+
+
+def hubspot_properties(*mappings: Mapping[str, str]) -> list[str]:
+    """Every HubSpot property to fetch: the lifecycle stage and all mapped ones."""
+    props = {LIFECYCLE_STAGE}
+    for mapping in mappings:
+        props.update(mapping.values())
+    return sorted(props)
+
+
+def map_fields(
+    mapping: Mapping[str, str], properties: Mapping[str, str | None]
+) -> dict[str, str | None]:
+    """Target fields for the properties present; absent properties are left out."""
+    return {field: properties[prop] for field, prop in mapping.items() if prop in properties}

@@ -1,0 +1,81 @@
+"""Row conversion and filter SQL shared by the SQLite and PostgreSQL stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from receiver.models import EventFilter, StoredEvent
+
+EVENT_COLUMNS = (
+    "id, state, reason, object_id, subscription_type, occurred_at, stage, attempts, "
+    "last_error_code, last_error_message, received_at, updated_at, target_kind, target_id, raw, attempt_floor"
+)
+
+
+def event_from_row(row: Sequence[Any]) -> StoredEvent:
+    """Build a :class:`StoredEvent` from a row selected with ``EVENT_COLUMNS``."""
+    raw = row[14]
+    return StoredEvent(
+        id=row[0],
+        state=row[1],
+        reason=row[2],
+        object_id=row[3],
+        subscription_type=row[4],
+        occurred_at=row[5],
+        stage=row[6],
+        attempts=row[7],
+        last_error_code=row[8],
+        last_error_message=row[9],
+        received_at=float(row[10]),
+        updated_at=float(row[11]),
+        target_kind=row[12],
+        target_id=row[13],
+        raw=orjson.loads(raw) if raw is not None else {},
+        attempt_floor=row[15],
+    )
+
+
+def filter_sql(flt: EventFilter, param: Callable[[Any], str]) -> str:
+    """SQL conditions (joined with AND, ``TRUE`` when empty) for an :class:`EventFilter`.
+
+    ``param(value)`` registers a value and returns its placeholder, so one function
+    serves both ``?`` (SQLite) and ``$n`` (PostgreSQL) styles.
+    """
+    parts = []
+    if flt.state is not None:
+        parts.append(f"state = {param(flt.state)}")
+    if flt.states:
+        parts.append("state IN (" + ", ".join(param(s) for s in flt.states) + ")")
+    if flt.object_id is not None:
+        parts.append(f"object_id = {param(flt.object_id)}")
+    if flt.since is not None:
+        parts.append(f"received_at >= {param(flt.since)}")
+    if flt.until is not None:
+        parts.append(f"received_at < {param(flt.until)}")
+    return " AND ".join(parts) if parts else "1 = 1"
+
+
+class QmarkParams:
+    """Collects values for ``?`` placeholders."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return "?"
+
+
+class DollarParams:
+    """Collects values for PostgreSQL's ``$n`` placeholders."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.values: list[Any] = []
+        self.start = start
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${self.start + len(self.values)}"
