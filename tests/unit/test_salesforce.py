@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,7 +36,7 @@ REFRESH = "RefreshTokenSecretValue9f8e7d"
 UPSERT_PATH = "/services/data/v62.0/sobjects/Lead/HubSpot_Contact_ID__c/101"
 COLLECTION_PATH = "/services/data/v62.0/composite/sobjects/Lead/HubSpot_Contact_ID__c"
 
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 Factory = Callable[..., SalesforceTarget]
 
 
