@@ -5,7 +5,19 @@ their current properties from HubSpot in one batch read (one call at a time) and
 each contact. *Target workers* (``concurrency`` of them) take every ready job, up to the
 target's batch size, and make one call. Batching comes only from what piles up while a
 call is in flight: a lone event goes out at once. The claim loop is woken the moment a
-webhook commit lands, and polls every second for due retries and CLI replays.
+webhook commit lands and after each recorded round (a contact released may have new
+events), and polls every second for due retries, CLI replays and other instances'
+releases. Work that is due but leased elsewhere waits for one of those, never spins.
+
+Leases are not renewed; the wait they cover is bounded instead. The claim loop keeps at
+most a few target calls' worth of jobs per worker in flight, so a job waits briefly in
+the ready queue. A job whose lease is half gone before its remote call starts is dropped
+unrecorded (it is claimed and fetched again); a round that ends after its lease ran out
+is not recorded either, as another claimer may own the contact by then (its upsert is
+repeated, which is harmless: upserts are idempotent). So no two syncs of one contact
+overlap as long as one target call takes less than half the lease (``LEASE_S``, 60 s by
+default, against 15 s HTTP timeouts). On a clean stop the leases still held are released,
+so a restart picks the work up at once.
 
 :func:`classify` is the one place where an error becomes retry or ``failed``.
 """
@@ -18,26 +30,29 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from receiver.exceptions import PermanentError, RateLimited, TransientError, UpstreamError
 from receiver.jobs import Job
 from receiver.logging import get_logger
-from receiver.mapping import LIFECYCLE_STAGE, hubspot_properties, map_fields
+from receiver.mapping import hubspot_properties
 from receiver.metrics import Metrics
 from receiver.models import ClaimedContact, ContactUpdate, Outcome, StoredEvent
 from receiver.retry import RetryPolicy
-from receiver.rules import RoutingConfig, decide, plan_contact, stage_from_webhook
-from receiver.rules import webhook_properties as carried_properties
+from receiver.rules import RoutingConfig, plan_contact
 from receiver.store.base import EventStore
-from receiver.targets.base import Target, UpsertRequest, UpsertResult
+from receiver.targets.base import Target, UpsertResult
 
 log = get_logger("receiver.dispatcher")
 
 POLL_S = 1.0
 STALL_S = 60.0
 HUBSPOT_BATCH = 100
-MAX_IN_FLIGHT = 2000
+#: Target calls' worth of jobs per worker the claim loop keeps in flight.
+CALLS_AHEAD = 2
+#: Share of the lease a job may spend before its remote call starts.
+START_WITHIN = 0.5
 
 
 class ContactReader(Protocol):
@@ -60,8 +75,9 @@ def classify(
 ) -> Outcome:
     """Map an error on ``event``'s dispatch to its outcome: delay, retry or ``failed``.
 
-    A rate limit uses up no attempt and only delays (its own backoff grows with
-    ``rate_streak``, the count of rate-limit answers in a row). Other transient errors
+    A rate limit uses up no attempt and only delays, for the upstream's ``retry_after``
+    or else by backoff on ``rate_streak``, the count of rate-limit answers in a row
+    (:meth:`RetryPolicy.rate_limit_delay`). Other transient errors
     use an attempt and back off, until the budget is spent. Anything unexpected is
     treated as transient, so a bug can never drop an event.
     """
@@ -71,7 +87,7 @@ def classify(
             state="retrying",
             error_code=exc.code,
             error_message=exc.message,
-            next_attempt_at=now + policy.delay(rate_streak, exc.retry_after),
+            next_attempt_at=now + policy.rate_limit_delay(rate_streak, exc.retry_after),
             counts_attempt=False,
         )
     if isinstance(exc, PermanentError):
@@ -116,6 +132,7 @@ class Dispatcher:
         owner: str | None = None,
         lease_s: float = 60.0,
         concurrency: int = 4,
+        max_in_flight: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -131,13 +148,17 @@ class Dispatcher:
         self.clock = clock
         self.properties = hubspot_properties(*mappings.values())
         self.claim_size = HUBSPOT_BATCH if hubspot is not None else target.batch_size
-        self.last_tick = 0.0
+        self.max_in_flight = max_in_flight or max(
+            self.claim_size, CALLS_AHEAD * concurrency * target.batch_size
+        )
+        self.last_tick = self._claimed_at = 0.0
         self._wake = asyncio.Event()
         self._ready: deque[Job] = deque()
         self._ready_signal = asyncio.Event()
         self._room = asyncio.Event()
         self._in_flight = 0
-        self._rate_streak = 0
+        self._leased: dict[int, Job] = {}
+        self._rate_streak = {"hubspot": 0, "target": 0}
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -156,13 +177,23 @@ class Dispatcher:
         ]
 
     async def stop(self) -> None:
-        """Stop; leased work that was not recorded is claimed again after its lease."""
+        """Stop, and release the leases of work that was not recorded."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        now = self.clock()
+        held = [i for i, job in self._leased.items() if job.lease_until > now]
+        self._leased.clear()
+        self._ready.clear()
+        self._in_flight = 0
+        if held:
+            try:
+                await self.store.record(self.owner, [], [], held, now)
+            except Exception:  # they expire on their own
+                log.warning("lease_release_failed", contacts=len(held))
 
     def running(self, now: float) -> bool:
         """True while the loops run and the claim loop ticked recently."""
@@ -175,10 +206,9 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         while True:
             self.last_tick = self.clock()
-            if self._in_flight >= MAX_IN_FLIGHT:
+            if self._in_flight >= self.max_in_flight:
                 self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), POLL_S)
+                await _wait(self._room, POLL_S)
                 continue
             self._wake.clear()
             try:
@@ -187,36 +217,58 @@ class Dispatcher:
                 log.exception("dispatch_round_failed")
                 await asyncio.sleep(POLL_S)
                 continue
-            if found:
-                continue
-            timeout = POLL_S
-            with contextlib.suppress(Exception):
-                due = await self.store.next_due_at(self.clock())
-                if due is not None:
-                    timeout = min(POLL_S, max(0.0, due - self.clock()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            if not found:
+                await _wait(self._wake, await self._idle_wait())
+
+    async def _idle_wait(self) -> float:
+        """How long to sleep when nothing was claimable, unless woken first."""
+        try:
+            due = await self.store.next_due_at(self.clock())
+        except Exception:
+            return POLL_S
+        if due is None or due <= self._claimed_at:
+            # Due now but nothing claimable: those contacts are leased. Our own releases
+            # wake the loop; another instance's are seen at the next poll.
+            return POLL_S
+        return min(POLL_S, max(0.0, due - self.clock()))
 
     async def run_once(self) -> bool:
         """Claim one round of contacts and plan them; False when nothing was due."""
-        now = self.clock()
+        now = self._claimed_at = self.clock()
         claimed = await self.store.claim(self.owner, now, self.lease_s, self.claim_size)
         if not claimed:
             return False
-        self._in_flight += len(claimed)
-        jobs = [self._plan(c) for c in claimed]
-        await self._resolve(jobs, now)
-        done = [j for j in jobs if j.op is None]
-        remote = [j for j in jobs if j.op is not None]
-        if done:
-            await self._record(done)
-        if remote:
-            self._ready.extend(remote)
-            self._ready_signal.set()
+        jobs = [self._plan(c, now) for c in claimed]
+        self._in_flight += len(jobs)
+        for job in jobs:
+            self._leased[job.object_id] = job
+        try:
+            await self._resolve(jobs, now)
+            later = self.clock()
+            done = [j for j in jobs if j.op is None]
+            remote = [j for j in jobs if j.op is not None]
+            late = [j for j in remote if later > j.start_by]
+            if late:
+                self._give_up(late, "lease_half_spent_before_call")
+                remote = [j for j in remote if not j.finished]
+            if remote:
+                self._ready.extend(remote)
+                self._ready_signal.set()
+            if done:
+                await self._record(done)
+        except BaseException:
+            # Leases expire and the contacts are claimed again: nothing is lost.
+            self._give_up([j for j in jobs if j not in self._ready], "round_failed")
+            raise
         return True
 
-    def _plan(self, claimed: ClaimedContact) -> Job:
-        return Job(claimed, plan_contact(claimed.events, claimed.state, self.routing))
+    def _plan(self, claimed: ClaimedContact, now: float) -> Job:
+        return Job(
+            claimed,
+            plan_contact(claimed.events, claimed.state, self.routing),
+            lease_until=now + self.lease_s,
+            start_by=now + self.lease_s * START_WITHIN,
+        )
 
     async def _resolve(self, jobs: list[Job], now: float) -> None:
         """Fetch current properties for the jobs that sync, and decide each one."""
@@ -229,58 +281,34 @@ class Dispatcher:
                 fetched = await self.hubspot.batch_read(
                     [j.object_id for j in syncing], self.properties, now
                 )
-                self._rate_streak = 0
+                self._rate_streak["hubspot"] = 0
             except Exception as exc:
-                self._fail_jobs(syncing, exc)
+                self._fail_jobs(syncing, exc, "hubspot")
                 return
         for job in syncing:
-            carrier = job.plan.carrier
-            assert carrier is not None
-            state = job.claimed.state
             if fetched is not None:
-                props = fetched.get(job.object_id)
-                if props is None:
-                    job.result.append(Outcome(carrier.id, "skipped", reason="not-found"))
-                    continue
-                stage = props.get(LIFECYCLE_STAGE) or None
+                job.resolve(fetched.get(job.object_id), self.routing, self.mappings)
             else:
-                events = (*job.plan.coalesced, carrier)
-                props = carried_properties(events)
-                stage = stage_from_webhook(events, state)
-            job.stage = stage
-            decision = decide(stage, state.kind if state else None, self.routing)
-            if decision.kind is None:
-                job.result.append(
-                    Outcome(carrier.id, "skipped", reason=decision.reason, stage=stage)
-                )
-                if decision.reason == "stage-not-synced":
-                    job.contact = ContactUpdate(
-                        job.object_id,
-                        state.kind if state else None,
-                        state.target_id if state else None,
-                        stage,
-                        job.applied_at(carrier),
-                    )
-                continue
-            job.reason = decision.reason
-            fields = map_fields(self.mappings[decision.kind], props)
-            job.request = UpsertRequest(decision.kind, str(job.object_id), fields)
+                job.resolve_from_webhook(self.routing, self.mappings)
 
-    def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException) -> None:
+    def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException, api: str) -> None:
         if isinstance(exc, RateLimited):
-            self._rate_streak += 1
+            self._rate_streak[api] += 1
         now = self.clock()
         for job in jobs:
             event = job.main_event
             assert event is not None
-            job.result.append(
-                classify(exc, event, event.attempt_floor, self.retry, now, self._rate_streak)
+            outcome = classify(
+                exc, event, event.attempt_floor, self.retry, now, self._rate_streak[api]
             )
+            job.result.append(replace(outcome, stage=job.stage))
             log.warning(
-                "dispatch_retry" if job.result[-1].state == "retrying" else "dispatch_failed",
+                "dispatch_retry" if outcome.state == "retrying" else "dispatch_failed",
                 event_id=event.id,
                 contact_id=job.object_id,
-                error_code=job.result[-1].error_code,
+                api=api,
+                error_code=outcome.error_code,
+                counts_attempt=outcome.counts_attempt,
             )
 
     # -- target workers --------------------------------------------------------------
@@ -291,16 +319,22 @@ class Dispatcher:
                 self._ready_signal.clear()
                 await self._ready_signal.wait()
             batch: list[Job] = []
+            now = self.clock()
             while self._ready and len(batch) < self.target.batch_size:
-                batch.append(self._ready.popleft())
+                job = self._ready.popleft()
+                if now > job.start_by:
+                    self._give_up([job], "lease_half_spent_in_queue")
+                else:
+                    batch.append(job)
+            if not batch:
+                continue
             try:
                 await self._call_target(batch)
                 await self._record(batch)
             except Exception:
                 log.exception("target_round_failed", contacts=len(batch))
                 # Leases expire and the contacts are claimed again: nothing is lost.
-                self._in_flight -= len(batch)
-                self._room.set()
+                self._give_up(batch, "target_round_failed")
 
     async def _call_target(self, batch: list[Job]) -> None:
         deletes = [j for j in batch if j.op == "delete"]
@@ -318,38 +352,23 @@ class Dispatcher:
             else:
                 results = await self.target.upsert_batch(requests)
         except Exception as exc:
-            self._fail_jobs(upserts, exc)
+            self._fail_jobs(upserts, exc, "target")
             return
         for job, result in zip(upserts, results, strict=True):
             if isinstance(result, UpstreamError):
-                self._fail_jobs([job], result)
+                self._fail_jobs([job], result, "target")
             else:
                 self._synced(job, result)
         if any(not isinstance(r, RateLimited) for r in results):
-            self._rate_streak = 0
+            self._rate_streak["target"] = 0
 
     def _synced(self, job: Job, result: UpsertResult) -> None:
-        carrier = job.plan.carrier
-        assert carrier is not None and job.request is not None
-        kind = job.request.kind
-        job.result.append(
-            Outcome(
-                carrier.id,
-                "synced",
-                reason=job.reason,
-                stage=job.stage,
-                target_kind=kind,
-                target_id=result.target_id,
-            )
-        )
-        job.contact = ContactUpdate(
-            job.object_id, kind, result.target_id, job.stage, job.applied_at(carrier)
-        )
+        job.synced(result)
         log.info(
             "event_synced",
-            event_id=carrier.id,
+            event_id=job.result[-1].event_id,
             contact_id=job.object_id,
-            kind=kind,
+            kind=job.result[-1].target_kind,
             target_id=result.target_id,
             created=result.created,
             reason=job.reason,
@@ -361,42 +380,65 @@ class Dispatcher:
         try:
             count = await self.target.delete(str(job.object_id))
         except Exception as exc:
-            self._fail_jobs([job], exc)
+            self._fail_jobs([job], exc, "target")
             return
-        job.result.append(Outcome(event.id, "synced"))
-        job.contact = ContactUpdate(job.object_id, None, None, None, job.applied_at(event))
+        job.deleted()
         log.info("contact_deleted", event_id=event.id, contact_id=job.object_id, records=count)
 
     # -- recording -------------------------------------------------------------------
 
     async def _record(self, jobs: Sequence[Job]) -> None:
+        now = self.clock()
+        lost = [j for j in jobs if now > j.lease_until]
+        if lost:
+            self._give_up(lost, "lease_expired_before_record")
+            jobs = [j for j in jobs if not j.finished]
+            if not jobs:
+                return
         outcomes: list[Outcome] = []
         contacts: list[ContactUpdate] = []
         for job in jobs:
-            outcomes += job.prior()
-            outcomes += job.result
+            outcomes += job.outcomes()
             if job.contact is not None:
                 contacts.append(job.contact)
-        now = self.clock()
-        await self.store.record(
-            self.owner, outcomes, contacts, [j.object_id for j in jobs], now
-        )
-        self._in_flight -= len(jobs)
-        self._room.set()
+        await self.store.record(self.owner, outcomes, contacts, [j.object_id for j in jobs], now)
+        self._finish(jobs)
         if self.metrics is not None:
             self._observe(jobs, outcomes, now)
 
+    def _finish(self, jobs: Sequence[Job]) -> None:
+        """Free the in-flight slots of ``jobs`` and look for work they may have hidden."""
+        for job in jobs:
+            if job.finished:
+                continue
+            job.finished = True
+            self._in_flight -= 1
+            if self._leased.get(job.object_id) is job:
+                del self._leased[job.object_id]
+        self._room.set()
+        self._wake.set()
+
+    def _give_up(self, jobs: Sequence[Job], why: str) -> None:
+        """Drop ``jobs`` unrecorded; their leases expire and they are claimed again."""
+        jobs = [j for j in jobs if not j.finished]
+        if jobs:
+            log.warning(why, contacts=len(jobs), first_contact=jobs[0].object_id)
+            self._finish(jobs)
+
     def _observe(self, jobs: Sequence[Job], outcomes: Sequence[Outcome], now: float) -> None:
         assert self.metrics is not None
-        received: dict[int, float] = {
-            e.id: e.received_at for j in jobs for e in j.claimed.events
-        }
+        received: dict[int, float] = {e.id: e.received_at for j in jobs for e in j.claimed.events}
         for o in outcomes:
             self.metrics.outcomes.labels(state=o.state, reason=o.reason or "").inc()
             if o.state == "retrying":
                 self.metrics.retries.inc()
             elif o.state == "synced" and o.event_id in received:
                 self.metrics.sync_seconds.observe(max(0.0, now - received[o.event_id]))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
 
 
 def describe(dispatcher: Dispatcher) -> dict[str, Any]:

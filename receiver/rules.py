@@ -76,8 +76,10 @@ class ContactPlan:
 
     ``skipped`` are final now, as ``(event, reason)``. ``delete`` is the newest deletion
     event to carry out, and ``carrier`` the event whose sync brings the contact up to
-    date; ``coalesced`` ride on it. ``deferred`` events stay pending for the next round
-    (a sync that comes after a deletion in the same round).
+    date; ``coalesced`` ride on it. ``deferred`` events stay open for the next round
+    (a sync newer than a deletion of the same round): they are not part of this round's
+    outcome, and while the deletion is retried they wait with it
+    (:meth:`receiver.jobs.Job.waiting`), so a restore never overtakes its deletion.
     """
 
     skipped: tuple[tuple[StoredEvent, str], ...]
@@ -106,7 +108,13 @@ def plan_contact(
         if action == "skip":
             skipped.append((event, reason or "unsupported"))
         elif action == "delete":
-            deletes.append(event)
+            # A privacy deletion is a legal erasure and is always carried out; a plain
+            # deletion older than what was applied (a restore came first) is stale.
+            stale = applied is not None and _occurred(event) < applied
+            if stale and event.subscription_type == DELETION:
+                skipped.append((event, "stale"))
+            else:
+                deletes.append(event)
         elif applied is not None and _occurred(event) < applied:
             skipped.append((event, "stale"))
         else:
@@ -144,9 +152,7 @@ def webhook_properties(events: Sequence[StoredEvent]) -> dict[str, str | None]:
     return props
 
 
-def stage_from_webhook(
-    events: Sequence[StoredEvent], state: ContactState | None
-) -> str | None:
+def stage_from_webhook(events: Sequence[StoredEvent], state: ContactState | None) -> str | None:
     """The newest stage the events carried, else the last stage synced, else None."""
     for event in sorted(events, key=lambda e: (_occurred(e), e.id), reverse=True):
         if event.stage is not None:

@@ -215,10 +215,22 @@ def _overlap(lead: Any, contact: Any) -> list[str]:
     both = [s for s in lead if s in contact]
     if not both:
         return []
-    names = ", ".join(repr(s) for s in dict.fromkeys(both))
+    unique = list(dict.fromkeys(both))
+    names = ", ".join(repr(s) for s in unique)
+    which = f"stage {names} is" if len(unique) == 1 else f"stages {names} are"
     return [
-        f"STAGESYNC_LEAD_STAGES / STAGESYNC_CONTACT_STAGES: stage {names} is in both sets;"
+        f"STAGESYNC_LEAD_STAGES / STAGESYNC_CONTACT_STAGES: {which} in both sets;"
         " a stage syncs as a Lead or as a Contact, not both"
+    ]
+
+
+def _blank_stage_lists(env: Mapping[str, str]) -> list[str]:
+    # Empty variables count as unset elsewhere, but an explicitly empty stage list
+    # falling back to the defaults would sync stages the user meant to switch off.
+    return [
+        f"{ENV_PREFIX}{name}: must name at least one lifecycle stage"
+        for name in ("LEAD_STAGES", "CONTACT_STAGES")
+        if ENV_PREFIX + name in env and not _split_list(env[ENV_PREFIX + name])
     ]
 
 
@@ -269,6 +281,7 @@ def load_settings(
     path = config_path or env.get(ENV_PREFIX + "CONFIG")
     file_values = read_toml(path) if path else {}
     file_values.pop("config", None)
+    blank = _blank_stage_lists(env)
     saved = None
     if environ is not None:
         saved = dict(os.environ)
@@ -282,12 +295,14 @@ def load_settings(
         raw = {**file_values, **{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()}}
         lead = raw.get("lead_stages", DEFAULT_LEAD_STAGES)
         contact = raw.get("contact_stages", DEFAULT_CONTACT_STAGES)
-        raise ConfigError(_problems(exc) + _overlap(lead, contact)) from None
+        problems = _problems(exc)
+        problems += [p for p in blank if p not in problems]
+        raise ConfigError(problems + _overlap(lead, contact)) from None
     finally:
         if saved is not None:
             os.environ.clear()
             os.environ.update(saved)
-    problems = _cross_checks(settings)
+    problems = blank + _cross_checks(settings)
     if problems:
         raise ConfigError(problems)
     return settings

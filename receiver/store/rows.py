@@ -11,7 +11,8 @@ from receiver.models import EventFilter, StoredEvent
 
 EVENT_COLUMNS = (
     "id, state, reason, object_id, subscription_type, occurred_at, stage, attempts, "
-    "last_error_code, last_error_message, received_at, updated_at, target_kind, target_id, raw, attempt_floor"
+    "last_error_code, last_error_message, received_at, updated_at, target_kind, target_id, "
+    "raw, attempt_floor"
 )
 
 

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import httpx
 
+from receiver.logging import get_logger
 from receiver.metrics import Metrics
 from receiver.settings import Settings
 from receiver.store.base import EventStore
 from receiver.targets.base import Target
 from receiver.targets.dry_run import DryRunTarget
+
+log = get_logger("receiver.targets")
+
+#: Seconds between two ``salesforce_api_usage`` log lines: every call reports usage.
+USAGE_LOG_INTERVAL_S = 60.0
+#: Share of the daily API allocation from which the usage line is a warning.
+USAGE_WARN_SHARE = 0.9
+
+
+class UsageLogger:
+    """Logs Salesforce API usage (``Sforce-Limit-Info``) at most once per interval.
+
+    The first report is logged at once; later ones only when ``interval_s`` has passed.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = USAGE_LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: float | None = None
+
+    def __call__(self, used: int, limit: int) -> None:
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval_s:
+            return
+        self._last = now
+        share = used / limit if limit > 0 else 0.0
+        emit = log.warning if share >= USAGE_WARN_SHARE else log.info
+        emit("salesforce_api_usage", used=used, limit=limit, percent=round(100 * share, 1))
 
 
 def _secret(value: object) -> str | None:
@@ -34,5 +70,7 @@ def make_target(
             external_id_field=settings.salesforce_external_id_field,
             max_concurrency=settings.salesforce_max_concurrency,
         )
-        return SalesforceTarget(config=config, http=http, on_call=metrics.target_call)
+        return SalesforceTarget(
+            config=config, http=http, on_call=metrics.target_call, on_limit_info=UsageLogger()
+        )
     return DryRunTarget(store=store)

@@ -6,7 +6,9 @@ goes through ``PATCH sobjects/{Object}/{field}/{id}``; many go through sObject
 Collections upsert, 200 a call, so a backlog costs one API call per 200 contacts
 instead of one per contact (Salesforce meters calls per org per 24 hours).
 
-Every way a call can end is mapped once, here, onto :mod:`receiver.exceptions`:
+Every way a call can end is mapped onto :mod:`receiver.exceptions`, here for the
+transport and the token, in :mod:`receiver.targets.salesforce_errors` for answers; field
+values are converted by :mod:`receiver.targets.salesforce_fields`:
 
 * ``401 INVALID_SESSION_ID``: one token refresh (shared by concurrent callers, see
   :mod:`receiver.targets.salesforce_auth`) and one retry, inside the same attempt.
@@ -26,57 +28,34 @@ A record's error inside a collection answer is classified the same way by its
 from __future__ import annotations
 
 import asyncio
-import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from receiver.exceptions import (
-    AuthExpired,
-    PermanentError,
-    RateLimited,
-    TransientError,
-    UpstreamError,
-)
+from receiver.exceptions import AuthExpired, PermanentError, TransientError, UpstreamError
 from receiver.models import Kind
 from receiver.targets.base import UpsertRequest, UpsertResult
 from receiver.targets.salesforce_auth import Session, TokenSource, status_class
+from receiver.targets.salesforce_errors import (
+    first_error,
+    json_or_none,
+    parse_limit_info,
+    record_result,
+    response_error,
+)
+from receiver.targets.salesforce_fields import (
+    DEFAULT_EXTERNAL_ID_FIELD,
+    OBJECTS,
+    default_mapping,
+    prepare_fields,
+)
 
 DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"
-DEFAULT_EXTERNAL_ID_FIELD = "HubSpot_Contact_ID__c"
-#: Sent for a required field HubSpot has no value for, as HubSpot's own connector does.
-PLACEHOLDER = "[not provided]"
 #: Most records one sObject Collections call takes.
 COLLECTION_LIMIT = 200
-
-OBJECTS: dict[Kind, str] = {"lead": "Lead", "contact": "Contact"}
-REQUIRED_FIELDS: dict[Kind, tuple[str, ...]] = {
-    "lead": ("LastName", "Company"),
-    "contact": ("LastName",),
-}
-_COMMON_MAPPING = {
-    "FirstName": "firstname",
-    "LastName": "lastname",
-    "Email": "email",
-    "Phone": "phone",
-    "Title": "jobtitle",
-}
-_TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW"})
-_RATE_LIMIT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED"})
-# Standard text fields: never turned into booleans, even when the value is "true".
-_TEXT_FIELDS = frozenset(
-    {"FirstName", "LastName", "MiddleName", "Suffix", "Salutation", "Email", "Phone"}
-    | {"MobilePhone", "Title", "Company", "Description", "Street", "City", "State"}
-    | {"PostalCode", "Country", "Website", "Industry", "LeadSource", "Department"}
-)
-_EPOCH_MS = re.compile(r"-?\d{1,15}")
-_ISO_DATE_PREFIX = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T ].*)?")
-_LIMIT_INFO = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
 _MIN_COLLECTIONS_VERSION = 46.0
 
 
@@ -93,107 +72,6 @@ class SalesforceConfig:
     api_version: str = "v62.0"
     external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD
     max_concurrency: int = 10
-
-
-def default_mapping(kind: Kind) -> dict[str, str]:
-    """Salesforce field -> HubSpot property for a Lead or a Contact."""
-    mapping = dict(_COMMON_MAPPING)
-    if kind == "lead":
-        mapping["Company"] = "company"
-    return mapping
-
-
-def prepare_fields(
-    kind: Kind,
-    fields: Mapping[str, Any],
-    *,
-    external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD,
-) -> dict[str, Any]:
-    """Turn mapped HubSpot values (strings or None) into a Salesforce upsert body.
-
-    The rules, by the Salesforce field name, because a value alone cannot tell a
-    checkbox from a text that happens to say "true":
-
-    * The external id field, ``Id`` and ``attributes`` are dropped: the key travels in
-      the URL (or the record's key slot), and Salesforce refuses ``Id`` in the body.
-    * ``""`` (or only spaces) becomes ``None``: it is how HubSpot says "cleared".
-    * Date fields (name ends in ``Date``/``_date``, ``__c`` aside, or is ``Birthdate``)
-      take ``YYYY-MM-DD``: HubSpot's ms-epoch string becomes the UTC date, an ISO
-      date-time keeps its date part.
-    * Date-time fields (name ends in ``DateTime``/``Datetime``/``Date_Time``, ``__c``
-      aside) take ISO-8601 UTC: a ms-epoch string becomes ``2024-05-01T12:00:00.000Z``.
-    * Exactly ``"true"``/``"false"`` (HubSpot's checkbox values) become booleans,
-      except in standard text fields such as ``Title`` or ``Company``.
-    * Everything else, numbers included, is sent as HubSpot's string: Salesforce parses
-      numeric strings into number fields, and a phone or a zip code keeps its zeros.
-    * A missing or empty ``LastName`` (both kinds) or ``Company`` (Lead) is sent as
-      ``"[not provided]"``, as Salesforce requires them.
-
-    Values that are not strings (already converted by the caller) pass unchanged.
-    """
-    body: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name == external_id_field or name.lower() in ("id", "attributes"):
-            continue
-        body[name] = _convert(name, value)
-    for name in REQUIRED_FIELDS[kind]:
-        if body.get(name) is None:
-            body[name] = PLACEHOLDER
-    return body
-
-
-def _convert(name: str, value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    if not value.strip():
-        return None
-    kind = _temporal_kind(name)
-    if kind is not None:
-        return _to_temporal(kind, value)
-    if value in ("true", "false") and name not in _TEXT_FIELDS:
-        return value == "true"
-    return value
-
-
-def _temporal_kind(name: str) -> str | None:
-    base = name.removesuffix("__c")
-    lower = base.lower()
-    if lower.endswith(("datetime", "date_time")):
-        return "datetime"
-    if base.endswith(("Date", "_date")) or base == "Birthdate":
-        return "date"
-    return None
-
-
-def _to_temporal(kind: str, value: str) -> str:
-    text = value.strip()
-    if _EPOCH_MS.fullmatch(text):
-        try:
-            when = datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return value
-        if kind == "date":
-            return when.date().isoformat()
-        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    match = _ISO_DATE_PREFIX.fullmatch(text)
-    if kind == "date" and match:
-        return match.group(1)
-    return value
-
-
-def parse_limit_info(header: str | None) -> tuple[int, int] | None:
-    """``(used, limit)`` from ``Sforce-Limit-Info: api-usage=used/limit[; ...]``."""
-    match = _LIMIT_INFO.search(header or "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def classify_error(code: str, message: str) -> UpstreamError:
-    """The error for a Salesforce ``errorCode``/``statusCode`` on one call or record."""
-    if code in _RATE_LIMIT_CODES:
-        return RateLimited(code, message, retry_after=None)
-    if code in _TRANSIENT_CODES:
-        return TransientError(code, message)
-    return PermanentError(code, message)
 
 
 class SalesforceTarget:
@@ -260,7 +138,7 @@ class SalesforceTarget:
         response = await self._call("PATCH", self._record_path(obj, request.hubspot_id), body)
         status = response.status_code
         if status in (200, 201):
-            data = _json(response)
+            data = json_or_none(response)
             record_id = data.get("id") if isinstance(data, dict) else None
             created = status == 201 or (isinstance(data, dict) and data.get("created") is True)
             if isinstance(record_id, str) and record_id:
@@ -341,33 +219,14 @@ class SalesforceTarget:
         response = await self._call("PATCH", path, {"allOrNone": False, "records": records})
         if response.status_code != 200:
             raise self._error(response, obj, None)
-        data = _json(response)
+        data = json_or_none(response)
         if not isinstance(data, list) or len(data) != len(requests):
             raise TransientError(
                 "bad_response",
                 f"Salesforce answered a {obj} collection upsert of {len(requests)} records "
                 "with something other than one result per record",
             )
-        return [self._record_result(item) for item in data]
-
-    def _record_result(self, item: Any) -> UpsertResult | UpstreamError:
-        if isinstance(item, dict) and item.get("success") is True:
-            record_id = item.get("id")
-            return UpsertResult(str(record_id or ""), created=item.get("created") is True)
-        errors = item.get("errors") if isinstance(item, dict) else None
-        found = [
-            classify_error(str(e.get("statusCode") or "UNKNOWN_ERROR"), self._message(e))
-            for e in (errors if isinstance(errors, list) else [])
-            if isinstance(e, dict)
-        ]
-        if not found:
-            return PermanentError("UNKNOWN_ERROR", "Salesforce gave no reason for the failure")
-        # Retrying cannot help a record with any permanent error, so that one wins.
-        for wanted in (PermanentError, RateLimited, TransientError):
-            for error in found:
-                if isinstance(error, wanted):
-                    return error
-        return found[0]
+        return [record_result(item, self._tokens.scrub) for item in data]
 
     async def _delete_one(self, obj: str, hubspot_id: str) -> int:
         response = await self._call("DELETE", self._record_path(obj, hubspot_id))
@@ -380,7 +239,7 @@ class SalesforceTarget:
     async def _lookup_id(self, obj: str, hubspot_id: str) -> str:
         path = self._record_path(obj, hubspot_id)
         response = await self._call("GET", path, params={"fields": "Id"})
-        data = _json(response) if response.status_code == 200 else None
+        data = json_or_none(response) if response.status_code == 200 else None
         if isinstance(data, dict) and isinstance(data.get("Id"), str) and data["Id"]:
             return str(data["Id"])
         if response.status_code == 200:
@@ -406,7 +265,7 @@ class SalesforceTarget:
         session = await self._tokens.refresh(session)  # PermanentError if it cannot
         response = await self._send(method, session, path, body, params)
         if response.status_code == 401:
-            code, message = self._first_error(_json(response))
+            code, message = first_error(json_or_none(response), self._tokens.scrub)
             raise AuthExpired(
                 code or "INVALID_SESSION_ID",
                 "Salesforce rejected a freshly refreshed access token"
@@ -445,61 +304,12 @@ class SalesforceTarget:
         return response
 
     def _error(self, response: httpx.Response, obj: str, hubspot_id: str | None) -> UpstreamError:
-        status = response.status_code
-        data = _json(response)
-        if status == 300:
-            urls = [u for u in data if isinstance(u, str)] if isinstance(data, list) else []
-            listed = f": {', '.join(urls[:5])}" if urls else ""
-            return PermanentError(
-                "MULTIPLE_CHOICES",
-                self._tokens.scrub(
-                    f"{self._field}={hubspot_id} matched {len(urls) or 'several'} {obj} "
-                    f"records, so Salesforce updated none{listed}"
-                ),
-            )
-        code, message = self._first_error(data)
-        message = message or f"Salesforce answered HTTP {status}"
-        if status == 429:
-            return RateLimited(code or "http_429", message, _retry_after(response))
-        if status >= 500:
-            return TransientError(code or f"http_{status}", message, _retry_after(response))
-        return classify_error(code or f"http_{status}", message)
-
-    def _first_error(self, data: Any) -> tuple[str | None, str | None]:
-        items = data if isinstance(data, list) else [data]
-        errors = [item for item in items if isinstance(item, dict)]
-        if not errors:
-            return None, None
-        code = errors[0].get("errorCode") or errors[0].get("statusCode")
-        message = "; ".join(self._message(error) for error in errors)
-        return (str(code) if code else None), message
-
-    def _message(self, error: Mapping[str, Any]) -> str:
-        text = str(error.get("message") or "").strip()
-        fields = error.get("fields")
-        names = [str(f) for f in fields] if isinstance(fields, list) else []
-        if names and not all(name in text for name in names):
-            text = f"{text} (fields: {', '.join(names)})".strip()
-        return self._tokens.scrub(text)
+        key = f"{self._field}={hubspot_id}" if hubspot_id is not None else self._field
+        return response_error(response, obj, key, self._tokens.scrub)
 
     def _count(self, status: str) -> None:
         if self._on_call is not None:
             self._on_call(status)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        seconds = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _version_number(version: str) -> float:

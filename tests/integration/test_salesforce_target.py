@@ -11,7 +11,8 @@ import pytest
 
 from receiver.exceptions import PermanentError, RateLimited, TransientError, UpstreamError
 from receiver.targets.base import UpsertRequest, UpsertResult
-from receiver.targets.salesforce import PLACEHOLDER, SalesforceConfig, SalesforceTarget
+from receiver.targets.salesforce import SalesforceConfig, SalesforceTarget
+from receiver.targets.salesforce_fields import PLACEHOLDER
 from tests.fakes.salesforce import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, FakeSalesforce
 from tests.support.servers import running_server
 

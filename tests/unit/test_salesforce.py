@@ -19,14 +19,9 @@ from receiver.exceptions import (
     UpstreamError,
 )
 from receiver.targets.base import UpsertRequest, UpsertResult
-from receiver.targets.salesforce import (
-    PLACEHOLDER,
-    SalesforceConfig,
-    SalesforceTarget,
-    default_mapping,
-    parse_limit_info,
-    prepare_fields,
-)
+from receiver.targets.salesforce import SalesforceConfig, SalesforceTarget
+from receiver.targets.salesforce_errors import parse_limit_info
+from receiver.targets.salesforce_fields import PLACEHOLDER, default_mapping, prepare_fields
 
 INSTANCE = "https://acme.my.salesforce.com"
 TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"

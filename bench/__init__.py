@@ -1,0 +1,1 @@
+"""Benchmarks for stagesync; run ``python -m bench`` (see bench/README.md)."""

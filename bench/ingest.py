@@ -1,0 +1,182 @@
+"""Ingest: signed webhook batches against the service and the bare endpoint, side by side.
+
+For each load (events per request x connections) the bare endpoint and then the service
+on each backend run back to back, each in a fresh process with a fresh database: a
+warm-up, then the measured run. Reported per run: answered requests/s, acknowledged
+events/s, wrk's ack latency p50/p99, the service's rate as a share of the bare
+endpoint's (single-event requests), the CPU the server and wrk used, and whether the
+database holds every acknowledged event afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import servers
+from bench.backends import Backend, select_backends
+from bench.report import Row
+from bench.tools import ensure_py_spy
+from bench.wrk import Load, WrkResult, run_wrk
+
+NAME = "ingest"
+DEFAULT = True
+
+# Issue 2's targets on a 2-core machine.
+P99_MS_MAX = 50.0  # batches of 100 at concurrency 10
+EVENTS_PER_S_MIN = 30_000.0  # batches of 100
+BARE_SHARE_MIN = 0.30  # single-event requests, service req/s over bare req/s
+BARE_SHARE_AIM = 0.45
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of this scenario."""
+    group = parser.add_argument_group("ingest")
+    group.add_argument(
+        "--batches", type=_ints, default=[1, 100], help="events per request (default 1,100)"
+    )
+    group.add_argument(
+        "--connections",
+        type=_ints,
+        default=[10, 50],
+        help="concurrent connections, HubSpot's default is 10 (default 10,50)",
+    )
+
+
+class _Measurement:
+    """Warm-up and measured wrk runs on one server, with the server's CPU time."""
+
+    def __init__(self, server: servers.Server, load: Load, args: argparse.Namespace) -> None:
+        warm = Load(args.warmup, load.connections, load.threads, load.batch)
+        nonces = random.sample(range(1000, 9000), 2)
+        self.warm = run_wrk(server.url, warm, args.secret, nonces[0]) if args.warmup else None
+        cpu_before = server.cpu_seconds()
+        profiler = _start_profiler(server, load, args)
+        self.main = run_wrk(server.url, load, args.secret, nonces[1])
+        if profiler is not None:
+            profiler.wait()
+        self.server_cpu = (server.cpu_seconds() - cpu_before) / self.main.duration_s
+        self.native = server.native_modules()
+        self.check = "-"  # the stored-events check, set once the server has stopped
+
+    @property
+    def runs(self) -> list[WrkResult]:
+        return [r for r in (self.warm, self.main) if r is not None]
+
+
+def _start_profiler(
+    server: servers.Server, load: Load, args: argparse.Namespace
+) -> subprocess.Popen[bytes] | None:
+    if not args.profile:
+        return None
+    out = Path(args.profile) / f"{server.name}-b{load.batch}-c{load.connections}.svg"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [ensure_py_spy(), "record", "--nonblocking", "--threads", "--output", str(out)]
+    argv += ["--duration", str(max(1, round(load.duration_s) - 1)), "--pid", str(server.pid)]
+    print(f"bench: profiling {server.name} into {out}", file=sys.stderr)
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stored_check(stored: int, m: _Measurement, batch: int) -> str:
+    """Every acknowledged event is stored; at most the requests in flight at wrk's end
+    (answered after wrk stopped counting) or timed out may add more."""
+    acked = sum(r.ok_requests for r in m.runs) * batch
+    slack = sum(r.load.connections + r.timeouts + r.socket_errors for r in m.runs) * batch
+    if acked <= stored <= acked + slack:
+        return "ok"
+    return f"FAIL: {stored} stored, {acked} acked"
+
+
+def _goal(backend: str, load: Load, result: WrkResult, share: float | None) -> str:
+    if load.batch == 1 and share is not None:
+        verdict = "ok" if share >= BARE_SHARE_MIN else "MISS"
+        aim = "" if share >= BARE_SHARE_AIM else f", aim {BARE_SHARE_AIM:.0%}"
+        return f"{verdict} (>= {BARE_SHARE_MIN:.0%} of bare{aim})"
+    if load.batch == 100 and load.connections == 10:
+        p99 = "ok" if result.p99_ms < P99_MS_MAX else "MISS"
+        rate = "ok" if result.events_per_s >= EVENTS_PER_S_MIN else "MISS"
+        return f"p99 < {P99_MS_MAX:.0f} ms {p99}, >= {EVENTS_PER_S_MIN:,.0f} ev/s {rate}"
+    return ""
+
+
+def _row(
+    target: str, m: _Measurement, share: float | None, vs_sqlite: float | None
+) -> Row:
+    r = m.main
+    return {
+        "server": target,
+        "batch": r.load.batch,
+        "conns": r.load.connections,
+        "req/s": r.requests_per_s,
+        "events/s": r.events_per_s,
+        "p50 ms": r.p50_ms,
+        "p99 ms": r.p99_ms,
+        "vs bare": f"{share:.0%}" if share is not None else None,
+        "vs sqlite": f"{vs_sqlite:.0%}" if vs_sqlite is not None else None,
+        "srv cpu": f"{m.server_cpu:.0%}",
+        "wrk cpu": f"{r.cpu_s / r.duration_s:.0%}",
+        "errors": r.problems() or "-",
+        "stored": m.check,
+        "goal": _goal(target, r.load, r, share) if target != "bare" else None,
+    }
+
+
+def _run_service(backend: Backend, load: Load, args: argparse.Namespace) -> _Measurement:
+    url = backend.fresh_url()
+    try:
+        before = backend.count_events(url)
+        with servers.service(url, args.secret, args.workdir) as server:
+            before = max(before, backend.count_events(url))
+            m = _Measurement(server, load, args)
+        stored = backend.count_events(url) - before
+    finally:
+        backend.drop(url)
+    m.check = _stored_check(stored, m, load.batch)
+    return m
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    """Measure every load on the bare endpoint (single events) and on each backend."""
+    backends, notes = select_backends(args.workdir, args.backends, args.postgres)
+    for note in notes:
+        print(f"bench: {note}", file=sys.stderr)
+    rows: list[Row] = []
+    native_warned = False
+    for batch in args.batches:
+        for conns in args.connections:
+            load = Load(args.duration, conns, args.threads, batch)
+            label = f"batch={batch} conns={conns}"
+            bare_rps = None
+            if batch == 1:
+                print(f"bench: ingest bare {label}", file=sys.stderr)
+                with servers.bare(args.workdir) as server:
+                    m = _Measurement(server, load, args)
+                bare_rps = m.main.requests_per_s
+                rows.append(_row("bare", m, None, None))
+            sqlite_eps = None
+            for backend in backends:
+                print(f"bench: ingest {backend.name} {label}", file=sys.stderr)
+                m = _run_service(backend, load, args)
+                if not native_warned and set(m.native) != {"uvloop", "httptools"}:
+                    native_warned = True
+                    print(f"bench: the service runs without uvloop/httptools ({m.native})")
+                share = m.main.requests_per_s / bare_rps if bare_rps else None
+                eps = m.main.events_per_s
+                vs_sqlite = eps / sqlite_eps if sqlite_eps and backend.name != "sqlite" else None
+                if backend.name == "sqlite":
+                    sqlite_eps = eps
+                rows.append(_row(backend.name, m, share, vs_sqlite))
+    return rows

@@ -1,0 +1,102 @@
+"""Store fixtures over both backends: SQLite in a temporary file, PostgreSQL in a fresh schema.
+
+The PostgreSQL parameter needs ``STAGESYNC_TEST_POSTGRES_DSN`` and is skipped, with that
+reason shown, when it is unset. Each PostgreSQL test gets its own schema (selected with
+``search_path`` in the DSN), dropped afterwards, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+import asyncpg
+import pytest
+
+from receiver.store.base import EventStore
+from receiver.store.factory import make_store
+
+DSN_ENV = "STAGESYNC_TEST_POSTGRES_DSN"
+SKIP_REASON = f"{DSN_ENV} is not set: the PostgreSQL store tests need a database"
+
+
+def postgres_dsn() -> str:
+    """The test database's DSN; skips the test when it is not configured."""
+    dsn = os.environ.get(DSN_ENV)
+    if not dsn:
+        pytest.skip(SKIP_REASON)
+    return dsn
+
+
+def with_query(dsn: str, **params: str) -> str:
+    """``dsn`` with query parameters added or replaced (asyncpg passes unknown ones, such as
+    ``search_path``, to the server as settings)."""
+    # Not urlunsplit: it would turn ``postgresql:///db`` (empty host) into ``postgresql:/db``.
+    base, _, query = dsn.partition("?")
+    merged = dict(parse_qsl(query))
+    merged.update(params)
+    return f"{base}?{urlencode(merged, safe='/')}"
+
+
+@asynccontextmanager
+async def fresh_schema(base_dsn: str) -> AsyncIterator[str]:
+    """Create an empty schema, yield a DSN whose ``search_path`` selects it, then drop it."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(base_dsn)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    try:
+        yield with_query(base_dsn, search_path=schema)
+    finally:
+        conn = await asyncpg.connect(base_dsn)
+        try:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        finally:
+            await conn.close()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test's store lives; :meth:`new` makes another store on the same data."""
+
+    name: str
+    url: str  # a STAGESYNC_DATABASE_URL
+
+    def new(self) -> EventStore:
+        """A new, not yet opened, store on this backend's database."""
+        return make_store(self.url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each backend in turn: the test id shows ``[sqlite]`` or ``[postgres]``."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+        return
+    async with fresh_schema(postgres_dsn()) as dsn:
+        yield Backend("postgres", dsn)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[EventStore]:
+    """An open store on a clean database, closed after the test."""
+    opened = backend.new()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    """A DSN on a fresh PostgreSQL schema, for PostgreSQL-only tests."""
+    async with fresh_schema(postgres_dsn()) as dsn:
+        yield dsn

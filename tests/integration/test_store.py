@@ -1,0 +1,508 @@
+"""The event store's behaviour, run against SQLite and PostgreSQL (see ``conftest.py``).
+
+PostgreSQL-only behaviour (NOTIFY across instances, the listener's reconnect, concurrent
+migrations and claims from several stores) is at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from receiver.events import to_new_events
+from receiver.exceptions import ConfigError
+from receiver.models import (
+    ClaimedContact,
+    ContactState,
+    ContactUpdate,
+    EventFilter,
+    NewEvent,
+    Outcome,
+)
+from receiver.store.base import EventStore, IngestResult
+from receiver.store.postgres import PostgresStore
+from tests.integration.conftest import Backend
+from tests.support.webhooks import event
+
+NOW = 1_700_000_000.0
+
+
+def batch(*items: dict[str, Any]) -> list[NewEvent]:
+    return to_new_events(list(items))
+
+
+async def claim_map(store: EventStore, owner: str, now: float, lease_s: float = 30.0,
+                    max_contacts: int = 100) -> dict[int, ClaimedContact]:  # fmt: skip
+    return {c.object_id: c for c in await store.claim(owner, now, lease_s, max_contacts)}
+
+
+async def ids_of(store: EventStore, **flt: Any) -> list[int]:
+    return [e.id for e in await store.list_events(EventFilter(**flt), 1000)]
+
+
+async def close_all(*events: Outcome, store: EventStore, owner: str, now: float) -> None:
+    await store.record(owner, list(events), [], [], now)
+
+
+# -- ingest --------------------------------------------------------------------------
+
+
+async def test_ingest_counts_accepted_in_batch_duplicates_and_invalid(store: EventStore) -> None:
+    a, b = event(1, "lead"), event(2, "customer")
+    retried = {**a, "attemptNumber": 3}
+    result = await store.ingest(batch(a, b, retried, {"objectId": "not-a-number"}), NOW)
+    assert result == IngestResult(accepted=2, duplicates=1, invalid=1)
+    assert await store.counts() == {"pending": {"": 2}, "invalid": {"": 1}}
+
+
+async def test_ingest_counts_a_redelivered_event_as_duplicate_and_stores_it_once(
+    store: EventStore,
+) -> None:
+    a, b, c = event(1, "lead"), event(2, "lead"), event(3, "lead")
+    assert await store.ingest(batch(a, b), NOW) == IngestResult(2, 0, 0)
+    again = await store.ingest(batch({**a, "attemptNumber": 1}, b, c), NOW + 1)
+    assert again == IngestResult(accepted=1, duplicates=2, invalid=0)
+    assert await store.count_matching(EventFilter()) == 3
+
+
+async def test_ingest_keeps_the_raw_event_and_the_validation_error_of_an_invalid_one(
+    store: EventStore,
+) -> None:
+    good = event(7, "lead")
+    bad = {"objectId": "seven", "subscriptionType": "contact.creation"}
+    await store.ingest(batch(good, bad), NOW)
+    [invalid] = await store.list_events(EventFilter(state="invalid"), 10)
+    assert invalid.raw == bad
+    assert invalid.last_error_code == "invalid_event"
+    assert "objectId" in (invalid.last_error_message or "")
+    [pending] = await store.list_events(EventFilter(state="pending"), 10)
+    assert pending.raw == good
+    assert (pending.object_id, pending.stage, pending.received_at) == (7, "lead", NOW)
+    assert pending.occurred_at == good["occurredAt"]
+
+
+async def test_concurrent_ingests_are_each_answered_with_their_own_counts(
+    store: EventStore,
+) -> None:
+    pool = [event(1000 + i, "lead") for i in range(44)]
+    requests = [batch(*pool[i : i + 5]) for i in range(40)]
+    results = await asyncio.gather(*(store.ingest(r, NOW) for r in requests))
+    assert all(r.accepted + r.duplicates == 5 and r.invalid == 0 for r in results)
+    assert sum(r.accepted for r in results) == 44
+    assert await store.count_matching(EventFilter(state="pending")) == 44
+
+
+async def test_events_and_deduplication_survive_close_and_reopen(backend: Backend) -> None:
+    a, b = event(1, "lead"), event(2, "opportunity")
+    first = backend.new()
+    await first.open()
+    await first.ingest(batch(a, b), NOW)
+    await first.close()
+    second = backend.new()
+    await second.open()
+    try:
+        assert sorted(e.object_id or 0 for e in await second.list_events(EventFilter(), 10)) == [
+            1,
+            2,
+        ]
+        assert await second.ingest(batch(a, b), NOW + 1) == IngestResult(0, 2, 0)
+        assert await second.counts() == {"pending": {"": 2}}
+    finally:
+        await second.close()
+
+
+# -- claims and leases ---------------------------------------------------------------
+
+
+async def test_claim_returns_contacts_oldest_first_with_their_events_by_occurrence(
+    store: EventStore,
+) -> None:
+    await store.ingest(batch(event(5, "lead", occurred_at=300), event(3, "lead")), NOW)
+    await store.ingest(batch(event(5, "customer", occurred_at=100), event(9, "lead")), NOW)
+    claimed = await store.claim("a", NOW, 30, 2)
+    assert [c.object_id for c in claimed] == [5, 3]
+    assert [e.occurred_at for e in claimed[0].events] == [100, 300]
+    assert [e.stage for e in claimed[0].events] == ["customer", "lead"]
+    assert claimed[0].state is None
+
+
+async def test_a_leased_contact_is_not_claimed_again_until_its_lease_is_released(
+    store: EventStore,
+) -> None:
+    await store.ingest(batch(event(1, "lead"), event(2, "lead")), NOW)
+    first = await claim_map(store, "a", NOW)
+    assert set(first) == {1, 2}
+    assert await store.claim("b", NOW + 1, 30, 10) == []
+    assert await store.claim("a", NOW + 1, 30, 10) == []  # not even by its own owner
+    await store.ingest(batch(event(1, "customer")), NOW + 2)
+    assert await store.claim("b", NOW + 2, 30, 10) == []
+    done = [Outcome(e.id, "synced", target_kind="lead", target_id="L1") for e in first[1].events]
+    await store.record("a", done, [ContactUpdate(1, "lead", "L1", "lead", 1)], [1], NOW + 3)
+    again = await claim_map(store, "b", NOW + 3)
+    assert set(again) == {1}
+    assert [e.stage for e in again[1].events] == ["customer"]
+    assert again[1].state == ContactState(1, "lead", "L1", "lead", 1)
+
+
+async def test_an_expired_lease_is_claimed_by_another_owner(store: EventStore) -> None:
+    await store.ingest(batch(event(1, "lead")), NOW)
+    [held] = await store.claim("dead", NOW, 5, 10)
+    assert await store.claim("b", NOW + 4.9, 5, 10) == []
+    [taken] = await store.claim("b", NOW + 5.1, 5, 10)
+    assert taken.object_id == 1 and [e.id for e in taken.events] == [e.id for e in held.events]
+    # The dead owner's late release does not free the new owner's lease.
+    await store.record("dead", [], [], [1], NOW + 6)
+    assert await store.claim("c", NOW + 6, 5, 10) == []
+
+
+async def test_a_retrying_event_is_claimed_only_once_due(store: EventStore) -> None:
+    await store.ingest(batch(event(1, "lead")), NOW)
+    [claimed] = await store.claim("a", NOW, 30, 10)
+    retry = Outcome(claimed.events[0].id, "retrying", error_code="http_503",
+                    error_message="unavailable", next_attempt_at=NOW + 60)  # fmt: skip
+    await store.record("a", [retry], [], [1], NOW + 1)
+    assert await store.claim("a", NOW + 2, 30, 10) == []
+    assert await store.next_due_at(NOW + 2) == NOW + 60
+    [due] = await store.claim("a", NOW + 61, 30, 10)
+    assert due.events[0].attempts == 1 and due.events[0].state == "retrying"
+
+
+# -- record --------------------------------------------------------------------------
+
+
+async def test_record_keeps_outcome_history_contact_state_and_last_sync(
+    store: EventStore,
+) -> None:
+    await store.ingest(
+        batch(event(1, "lead", occurred_at=10), event(1, "customer", occurred_at=20)), NOW
+    )
+    [c] = await store.claim("a", NOW, 30, 10)
+    older, newer = c.events
+    assert await store.last_synced_at() is None
+    await store.record(
+        "a",
+        [Outcome(newer.id, "retrying", error_code="timeout", error_message="slow",
+                 next_attempt_at=NOW + 1)],
+        [], [1], NOW + 0.5,
+    )  # fmt: skip
+    [c] = await store.claim("a", NOW + 2, 30, 10)
+    await store.record(
+        "a",
+        [
+            Outcome(older.id, "skipped", reason="coalesced", coalesced_into=newer.id),
+            Outcome(newer.id, "synced", stage="customer", target_kind="contact", target_id="C1"),
+        ],
+        [ContactUpdate(1, "contact", "C1", "customer", 20)],
+        [1],
+        NOW + 3,
+    )
+    synced = await store.get_event(newer.id)
+    assert synced is not None
+    assert (synced.state, synced.stage, synced.target_kind, synced.target_id) == (
+        "synced", "customer", "contact", "C1")  # fmt: skip
+    assert (synced.attempts, synced.last_error_code, synced.updated_at) == (2, None, NOW + 3)
+    assert [(h.at, h.outcome, h.error_code) for h in await store.history(newer.id)] == [
+        (NOW + 0.5, "retry", "timeout"),
+        (NOW + 3, "synced", None),
+    ]
+    skipped = await store.get_event(older.id)
+    assert skipped is not None and (skipped.state, skipped.reason) == ("skipped", "coalesced")
+    assert await store.get_contact(1) == ContactState(1, "contact", "C1", "customer", 20)
+    assert await store.get_contact(2) is None
+    assert await store.last_synced_at() == NOW + 3
+
+
+async def test_a_rate_limit_delay_uses_no_attempt_and_leaves_no_history(
+    store: EventStore,
+) -> None:
+    await store.ingest(batch(event(1, "lead")), NOW)
+    [c] = await store.claim("a", NOW, 30, 10)
+    delay = Outcome(c.events[0].id, "retrying", error_code="RATE_LIMIT", error_message="slow down",
+                    next_attempt_at=NOW + 10, counts_attempt=False)  # fmt: skip
+    await store.record("a", [delay], [], [1], NOW)
+    stored = await store.get_event(c.events[0].id)
+    assert stored is not None
+    assert (stored.state, stored.attempts, stored.last_error_code) == ("retrying", 0, "RATE_LIMIT")
+    assert await store.history(stored.id) == []
+
+
+async def test_counts_follow_every_state_and_reason_change(store: EventStore) -> None:
+    await store.ingest(batch(*(event(i, "lead") for i in range(1, 5)), {"bad": True}), NOW)
+    claimed = await claim_map(store, "a", NOW)
+    ev = {i: claimed[i].events[0].id for i in claimed}
+    await store.record(
+        "a",
+        [
+            Outcome(ev[1], "synced", target_kind="lead", target_id="L1"),
+            Outcome(ev[2], "skipped", reason="stale"),
+            Outcome(ev[3], "failed", error_code="INVALID_FIELD", error_message="bad"),
+            Outcome(ev[4], "retrying", error_code="timeout", next_attempt_at=NOW + 5),
+        ],
+        [], list(claimed), NOW + 1,
+    )  # fmt: skip
+    assert await store.counts() == {
+        "synced": {"": 1}, "skipped": {"stale": 1}, "failed": {"": 1}, "retrying": {"": 1},
+        "invalid": {"": 1},
+    }  # fmt: skip
+    await store.replay([ev[3]], NOW + 2)
+    await store.purge(EventFilter(state="skipped"))
+    assert await store.counts() == {
+        "synced": {"": 1}, "pending": {"": 1}, "retrying": {"": 1}, "invalid": {"": 1},
+    }  # fmt: skip
+
+
+async def test_oldest_open_is_the_oldest_pending_or_retrying_event(store: EventStore) -> None:
+    assert await store.oldest_open_received_at() is None
+    await store.ingest(batch(event(1, "lead")), NOW)
+    await store.ingest(batch(event(2, "lead")), NOW + 10)
+    assert await store.oldest_open_received_at() == NOW
+    claimed = await claim_map(store, "a", NOW + 11)
+    first, second = claimed[1].events[0].id, claimed[2].events[0].id
+    later = Outcome(second, "retrying", next_attempt_at=NOW + 99)
+    await store.record("a", [Outcome(first, "synced"), later], [], [1, 2], NOW + 12)
+    assert await store.oldest_open_received_at() == NOW + 10
+    await store.record("a", [Outcome(claimed[2].events[0].id, "failed")], [], [], NOW + 13)
+    assert await store.oldest_open_received_at() is None
+
+
+# -- replay and purge ----------------------------------------------------------------
+
+
+async def test_replay_refuses_open_invalid_and_unknown_events(store: EventStore) -> None:
+    await store.ingest(batch(event(1, "lead"), {"bad": 1}), NOW)
+    [pending] = await ids_of(store, state="pending")
+    [invalid] = await ids_of(store, state="invalid")
+    refusals = await store.replay([pending, invalid, 999_999], NOW)
+    assert [(r.event_id, r.reason) for r in refusals] == [
+        (pending, "the event is pending: already queued"),
+        (invalid, "an invalid event cannot be processed"),
+        (999_999, "no such event"),
+    ]
+    assert await store.counts() == {"pending": {"": 1}, "invalid": {"": 1}}
+
+
+async def test_replay_sends_a_closed_event_back_to_pending_and_wakes_listeners(
+    store: EventStore,
+) -> None:
+    wakes: list[int] = []
+    store.add_commit_listener(lambda: wakes.append(1))
+    await store.ingest(batch(event(1, "lead")), NOW)
+    assert wakes
+    [c] = await store.claim("a", NOW, 30, 10)
+    event_id = c.events[0].id
+    await store.record("a", [Outcome(event_id, "failed", error_code="X", error_message="no")],
+                       [], [1], NOW)  # fmt: skip
+    before = len(wakes)
+    assert await store.replay([event_id], NOW + 5) == []
+    assert len(wakes) > before
+    replayed = await store.get_event(event_id)
+    assert replayed is not None
+    assert (replayed.state, replayed.reason, replayed.attempts, replayed.attempt_floor) == (
+        "pending", None, 1, 1)  # fmt: skip
+    assert replayed.updated_at == NOW + 5
+    [again] = await store.claim("b", NOW + 5, 30, 10)
+    assert [e.id for e in again.events] == [event_id]
+
+
+async def test_replay_matching_replays_closed_events_by_filter_in_chunks(
+    store: EventStore,
+) -> None:
+    for i in range(6):
+        await store.ingest(batch(event(10 + i, "lead")), NOW + i)
+    claimed = await claim_map(store, "a", NOW + 10)
+    outcomes = [Outcome(claimed[10 + i].events[0].id, "failed" if i < 5 else "synced")
+                for i in range(6)]  # fmt: skip
+    await store.record("a", outcomes, [], list(claimed), NOW + 10)
+    seen: list[int] = []
+    flt = EventFilter(state="failed", since=NOW + 1, until=NOW + 5)
+    assert await store.count_matching(flt) == 4
+    assert await store.replay_matching(flt, NOW + 20, chunk=3, progress=seen.append) == 4
+    assert seen == [3, 4]
+    assert await store.counts() == {"pending": {"": 4}, "failed": {"": 1}, "synced": {"": 1}}
+    by_object = EventFilter(state="failed", object_id=10)
+    assert await store.replay_matching(by_object, NOW + 21) == 1
+    assert await store.replay_matching(EventFilter(state="failed"), NOW + 22) == 0
+
+
+async def test_purge_deletes_matching_events_and_their_history_in_chunks(
+    store: EventStore,
+) -> None:
+    for i in range(5):
+        await store.ingest(batch(event(i, "lead")), NOW + i)
+    claimed = await claim_map(store, "a", NOW + 10)
+    await store.record("a", [Outcome(c.events[0].id, "synced") for c in claimed.values()],
+                       [], list(claimed), NOW + 10)  # fmt: skip
+    old = await ids_of(store, until=NOW + 3)
+    assert await store.purge(EventFilter(state="synced", until=NOW + 3), chunk=2) == 3
+    assert [await store.get_event(i) for i in old] == [None] * 3
+    assert [await store.history(i) for i in old] == [[]] * 3
+    assert await store.counts() == {"synced": {"": 2}}
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+async def test_list_events_pages_newest_first_below_before_id(store: EventStore) -> None:
+    for i in range(5):
+        await store.ingest(batch(event(i % 2, "lead")), NOW + i)
+    everything = await ids_of(store)
+    assert everything == sorted(everything, reverse=True) and len(everything) == 5
+    page1 = await store.list_events(EventFilter(), 2)
+    page2 = await store.list_events(EventFilter(), 2, before_id=page1[-1].id)
+    page3 = await store.list_events(EventFilter(), 2, before_id=page2[-1].id)
+    assert [e.id for e in page1 + page2 + page3] == everything
+    assert await ids_of(store, object_id=1) == [i for i in everything if i in everything[1::2]]
+    assert await store.list_events(EventFilter(states=("failed", "synced")), 10) == []
+    assert len(await store.list_events(EventFilter(states=("pending",)), 10)) == 5
+
+
+# -- dry-run records -----------------------------------------------------------------
+
+
+async def test_dry_run_records_merge_fields_and_tell_created_from_updated(
+    store: EventStore,
+) -> None:
+    first = await store.upsert_records(
+        [
+            ("lead", "1", {"LastName": "Lovelace", "Email": "a@x"}),
+            ("contact", "2", {"LastName": "H"}),
+        ],
+        NOW,
+    )
+    assert first == [("dry-lead-1", True), ("dry-contact-2", True)]
+    again = await store.upsert_records([("lead", "1", {"Email": None, "Phone": "5"})], NOW + 1)
+    assert again == [("dry-lead-1", False)]
+    await store.upsert_records([("contact", "1", {"LastName": "Lovelace"})], NOW + 2)
+    records = await store.list_records()
+    assert [(r.kind, r.hubspot_id, r.upserted_at) for r in records] == [
+        ("contact", "1", NOW + 2), ("lead", "1", NOW + 1), ("contact", "2", NOW)]  # fmt: skip
+    [lead] = await store.list_records("lead")
+    assert lead.fields == {"LastName": "Lovelace", "Email": None, "Phone": "5"}
+    assert lead.target_id == "dry-lead-1"
+    assert await store.delete_records("1") == 2
+    assert [r.hubspot_id for r in await store.list_records()] == ["2"]
+
+
+# -- PostgreSQL only -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_pair(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one schema, as two instances would be."""
+    a, b = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def wait_for(check: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.postgres
+async def test_postgres_an_ingest_or_replay_on_one_instance_wakes_the_other(
+    pg_pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = pg_pair
+    wakes: list[int] = []
+    b.add_commit_listener(lambda: wakes.append(1))
+    await b.ingest(batch(event(1, "lead")), NOW)
+    assert len(wakes) == 1  # its own commit, called directly
+    await a.ingest(batch(event(2, "lead")), NOW)
+    # Notifications arrive in commit order: had b's own come back, it would be counted first.
+    await wait_for(lambda: len(wakes) >= 2)
+    assert len(wakes) == 2
+    [c] = await a.claim("a", NOW, 30, 1)
+    await a.record("a", [Outcome(c.events[0].id, "failed")], [], [c.object_id], NOW)
+    await a.replay([c.events[0].id], NOW + 1)
+    await wait_for(lambda: len(wakes) >= 3)
+
+
+@pytest.mark.postgres
+async def test_postgres_listener_reconnects_when_its_connection_is_killed(
+    pg_pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = pg_pair
+    assert b.listener is not None and b.listener.backend_pid is not None
+    old_pid = b.listener.backend_pid
+    wakes: list[int] = []
+    b.add_commit_listener(lambda: wakes.append(1))
+    assert await a.pool.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+    listener = b.listener
+    await wait_for(lambda: listener.connected.is_set() and listener.backend_pid != old_pid)
+    assert wakes == [1]  # woken once, for what may have been missed meanwhile
+    await a.ingest(batch(event(1, "lead")), NOW)
+    await wait_for(lambda: len(wakes) == 2)
+
+
+@pytest.mark.postgres
+async def test_postgres_stores_opening_at_once_migrate_the_schema_once(pg_dsn: str) -> None:
+    stores = [PostgresStore(pg_dsn) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert await stores[0].pool.fetch("SELECT version FROM stagesync_schema") == [(1,)]
+        assert await stores[1].ingest(batch(event(1, "lead")), NOW) == IngestResult(1, 0, 0)
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+@pytest.mark.postgres
+async def test_postgres_refuses_a_schema_newer_than_it_knows(pg_dsn: str) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("CREATE TABLE stagesync_schema (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO stagesync_schema VALUES (99)")
+    finally:
+        await conn.close()
+    with pytest.raises(ConfigError, match="schema is version 99"):
+        await PostgresStore(pg_dsn).open()
+
+
+@pytest.mark.postgres
+async def test_postgres_concurrent_claims_from_two_instances_never_share_a_contact(
+    pg_pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = pg_pair
+    await a.ingest(batch(*(event(i, "lead") for i in range(300))), NOW)
+    owners: dict[int, list[str]] = {}
+
+    async def claimer(store: PostgresStore, owner: str) -> None:
+        while claimed := await store.claim(owner, NOW, 60, 7):
+            for c in claimed:
+                owners.setdefault(c.object_id, []).append(owner)
+
+    await asyncio.gather(*(claimer(s, f"{s.token}-{n}") for s in (a, b) for n in range(3)))
+    assert len(owners) == 300
+    assert all(len(o) == 1 for o in owners.values())
+    assert len({o[0].split("-")[0] for o in owners.values()}) == 2  # both instances took work
+
+
+@pytest.mark.postgres
+async def test_postgres_counts_are_unchanged_by_folding_the_deltas(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        for i in range(5):
+            await store.ingest(batch(event(i, "lead")), NOW)
+        claimed = await claim_map(store, "a", NOW)
+        await store.record("a", [Outcome(c.events[0].id, "skipped", reason="stale")
+                                 for c in claimed.values()][:3], [], [], NOW)  # fmt: skip
+        before = await store.counts()
+        await store.fold_counts()
+        assert await store.counts() == before == {"pending": {"": 2}, "skipped": {"stale": 3}}
+        assert await store.pool.fetchval("SELECT count(*) FROM event_count_deltas") == 2
+    finally:
+        await store.close()
