@@ -71,6 +71,14 @@ _env = Environment(
 )
 
 
+def _short_time(value: str | None) -> str:
+    """``2026-01-01T00:00:00.000Z`` as ``2026-01-01 00:00:00``: the table's compact form."""
+    return value[:19].replace("T", " ") if value else "–"
+
+
+_env.filters["short_time"] = _short_time
+
+
 def _render(name: str, code: int = 200, **values: Any) -> HTMLResponse:
     html = _env.get_template(name).render(states=STATES, replayable=REPLAYABLE, **values)
     return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
@@ -83,6 +91,8 @@ def _wants_html(request: Request) -> bool:
 def _refuse(request: Request, status: int, code: str, message: str) -> Response:
     """An error as a page for browsers, as the JSON error shape for everything else."""
     if status == 401 and _wants_html(request):
+        if request.method == "GET":
+            return RedirectResponse("/admin/login", status_code=303)
         return _render("login.html", 401, message=None)
     if _wants_html(request):
         return _render("message.html", status, title="stagesync", message=message)
@@ -219,8 +229,12 @@ async def replay_failed(request: Request, ctx: AppContext, caller: Caller) -> Re
 
 async def login_form(request: Request) -> Response:
     """``GET /admin/login``: the form (the index shows it too when not logged in)."""
-    if admin_token(ctx_of(request).settings) is None:
+    ctx = ctx_of(request)
+    if admin_token(ctx.settings) is None:
         return _refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
+    caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
+    if isinstance(caller, Caller):
+        return RedirectResponse("/admin/", status_code=303)
     return _render("login.html", message=None)
 
 

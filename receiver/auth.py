@@ -109,10 +109,14 @@ def same_origin(request: Request) -> bool:
     """CSRF check for the page's form posts: ``Origin`` (or ``Referer``) names this host.
 
     Browsers send ``Origin`` on every form POST; the cookie is also ``SameSite=Strict``,
-    so this is a second wall. A post with neither header is refused.
+    so this is a second wall. A post with neither header is refused. The host may be the
+    ``Host`` header or, behind a proxy that rewrites it, ``X-Forwarded-Host``: a page on
+    another site cannot set either on a browser's request.
     """
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source or source == "null":
         return False
-    host = request.headers.get("host", "")
-    return bool(host) and urlsplit(source).netloc.lower() == host.lower()
+    origin = urlsplit(source).netloc.lower()
+    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0]
+    hosts = {h.strip().lower() for h in (request.headers.get("host", ""), forwarded)}
+    return bool(origin) and origin in hosts - {""}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -51,13 +53,41 @@ def _when(value: str) -> float:
     return parsed.timestamp()
 
 
+def _database_label(database_url: str) -> str:
+    """The database URL without credentials, for messages."""
+    scheme, _, rest = database_url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 async def _with_store(settings: Settings, work: Callable[[EventStore], Awaitable[int]]) -> int:
     store = make_store(settings.database_url)
-    await store.open()
+    try:
+        await store.open()
+    except Exception as exc:  # any driver's error: one line, no traceback
+        with contextlib.suppress(Exception):
+            await store.close()
+        await _let_driver_threads_finish()
+        label = _database_label(settings.database_url)
+        print(f"error: cannot open the database {label}: {exc}", file=sys.stderr)
+        return 1
     try:
         return await work(store)
     finally:
         await store.close()
+
+
+async def _let_driver_threads_finish(within_s: float = 1.0) -> None:
+    # After a failed connect, aiosqlite's worker thread answers its clean-up later; if
+    # the loop is closed by then it prints a traceback (omnilib/aiosqlite#389).
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and any(
+        "_connection_worker_thread" in thread.name for thread in threading.enumerate()
+    ):
+        await asyncio.sleep(0.01)
+
+
+async def _no_work(store: EventStore) -> int:
+    return 0
 
 
 def _print_json(doc: Any) -> None:
@@ -74,6 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from receiver.logging import configure_logging
 
     settings = _settings(args)
+    # Open (and migrate) the database once first: a bad path or an unreachable server
+    # is then one clear line instead of uvicorn's lifespan traceback.
+    if asyncio.run(_with_store(settings, _no_work)) != 0:
+        return 1
     configure_logging(settings.log_format, settings.log_level, settings.secret_values())
     if settings.hubspot_client_secret.get_secret_value() == DEMO_SECRET:
         bar = "!" * 72
@@ -87,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="warning",
+        log_config=None,  # uvicorn's records go through configure_logging's handler
         access_log=False,
         proxy_headers=True,
         server_header=False,
@@ -246,7 +281,10 @@ def cmd_send_sample(args: argparse.Namespace) -> int:
     if secret is None:
         try:
             secret = _settings(args).hubspot_client_secret.get_secret_value()
-        except ConfigError:
+        except ConfigError as exc:
+            secret_line = ENV_PREFIX + "HUBSPOT_CLIENT_SECRET:"
+            if not any(line.startswith(secret_line) for line in exc.problems):
+                raise  # another problem: report it rather than sign with the wrong secret
             secret = DEMO_SECRET
             print("no client secret configured: signing with the demo secret", file=sys.stderr)
     return send_sample(args.url, secret, args.stage, args.object_id)

@@ -1,5 +1,8 @@
 """Logging setup, in one place: structlog, JSON in production and console on a TTY.
 
+Standard-library records (uvicorn's own warnings and errors) go through the same
+renderer, so a JSON log stays one JSON object per line.
+
 Event names are stable snake_case (``event_synced``, ``upsert_failed``). Known secret
 values are redacted from every line as a last line of defence: code should never log a
 secret in the first place, but a URL or an upstream message might carry one.
@@ -7,14 +10,22 @@ secret in the first place, but a URL or an upstream message might carry one.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 REDACTED = "[redacted]"
+REQUEST_ID_HEADER = b"x-request-id"
+# A caller's request id is kept only when it is short and plain, so it cannot forge
+# log structure or smuggle a secret-looking blob into every line.
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 
 class _Redactor:
@@ -43,10 +54,14 @@ class _Redactor:
         return event_dict
 
 
+class StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes standard-library records (uvicorn's) in the same format as stagesync's own."""
+
+
 def configure_logging(
     fmt: str = "auto", level: str = "info", secrets: Iterable[str] = (), stream: Any = None
 ) -> None:
-    """Configure structlog and the standard library logging it writes through.
+    """Configure structlog, and route standard-library logging (uvicorn) the same way.
 
     Args:
         fmt: ``json``, ``console``, or ``auto`` (console on a TTY, else JSON).
@@ -61,23 +76,68 @@ def configure_logging(
         if use_console
         else structlog.processors.JSONRenderer()
     )
+    redactor = _Redactor(secrets)
+    common: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _Redactor(secrets),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[*common, structlog.processors.format_exc_info, redactor, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = StdlibHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*common, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redactor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
 
 
 def get_logger(name: str) -> Any:
     """A structlog logger named after its module."""
     return structlog.get_logger(name)
+
+
+class RequestIdMiddleware:
+    """Binds ``request_id`` to every log line written while a request is handled.
+
+    The id is the caller's ``X-Request-Id`` when it is short and plain (a proxy's id
+    then ties both logs together), else ``<pid>-<counter>``: unique in the process and
+    cheaper than a UUID on the request path. uvicorn runs each request in its own
+    context, so the binding never leaks into another request or the dispatcher.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._prefix = f"{os.getpid():x}-"
+        self._counter = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Bind the id around the wrapped app for HTTP requests."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER and _SAFE_REQUEST_ID.fullmatch(value):
+                request_id = value.decode("ascii")
+                break
+        if request_id is None:
+            request_id = f"{self._prefix}{next(self._counter):x}"
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send)

@@ -170,7 +170,7 @@ def _env_name(loc: tuple[Any, ...]) -> str:
         return "settings"
     head = str(loc[0])
     if head == "mapping":
-        return "[mapping." + ".".join(str(p) for p in loc[1:]) + "]" if len(loc) > 1 else "[mapping]"
+        return "[mapping." + ".".join(str(p) for p in loc[1:]) + "]" if loc[1:] else "[mapping]"
     return ENV_PREFIX + head.upper()
 
 

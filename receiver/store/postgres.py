@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -56,6 +58,8 @@ POOL_MAX = 10
 CLAIM_SCAN = 5000
 CLAIM_TRIES = 3
 FOLD_S = 5.0
+FOLD_MIN_ROWS = 200
+CONNECT_TIMEOUT_S = 10.0
 # Two group-commit writers: one builds and sends the next group while the other waits
 # for its commit to be flushed (PostgreSQL flushes concurrent commits together).
 WRITERS = 2
@@ -79,7 +83,11 @@ class PostgresStore:
     # -- lifecycle -------------------------------------------------------------------
 
     def _server_settings(self, **extra: str) -> dict[str, str]:
-        return {"synchronous_commit": "on", "stagesync.instance": self.token, **extra}
+        settings = {"synchronous_commit": "on", "stagesync.instance": self.token}
+        if "application_name" not in parse_qs(urlsplit(self.dsn).query):
+            # Tells the instances apart in pg_stat_activity.
+            settings["application_name"] = f"stagesync-{os.getpid()}"
+        return {**settings, **extra}
 
     async def open(self) -> None:
         """Connect, migrate the schema, and start the writer, folder and listener tasks."""
@@ -89,6 +97,7 @@ class PostgresStore:
             max_size=POOL_MAX,
             server_settings=self._server_settings(),
             command_timeout=60,
+            timeout=CONNECT_TIMEOUT_S,
         )
         try:
             async with self._pool.acquire() as conn:
@@ -106,11 +115,7 @@ class PostgresStore:
             await asyncio.wait_for(self.listener.connected.wait(), 5.0)
 
     async def _listen_connection(self) -> Any:
-        return await asyncpg.connect(
-            self.dsn,
-            server_settings=self._server_settings(application_name="stagesync-listen"),
-            timeout=10,
-        )
+        return await asyncpg.connect(self.dsn, server_settings=self._server_settings(), timeout=10)
 
     @staticmethod
     async def _migrate(conn: Any) -> None:
@@ -178,9 +183,11 @@ class PostgresStore:
             except Exception as exc:
                 log.warning("count_fold_failed", error=type(exc).__name__)
 
-    async def fold_counts(self) -> None:
-        """Fold the count deltas into one row per (state, reason); skipped if another
-        instance is folding right now."""
+    async def fold_counts(self, min_rows: int = FOLD_MIN_ROWS) -> None:
+        """Fold the count deltas into one row per (state, reason) once there are more than
+        ``min_rows``; skipped while another instance is folding."""
+        if await self.pool.fetchval("SELECT count(*) FROM event_count_deltas") <= min_rows:
+            return  # not worth a write transaction
         async with self.pool.acquire() as conn, conn.transaction():
             if await conn.fetchval(q.FOLD_LOCK):
                 await conn.execute(q.FOLD)

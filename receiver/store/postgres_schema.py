@@ -63,6 +63,7 @@ MIGRATIONS: list[list[str]] = [
         f"""CREATE INDEX events_open ON events(id) INCLUDE (object_id, next_attempt_at)
             WHERE {OPEN_SQL}""",
         f"CREATE INDEX events_open_contact ON events(object_id) WHERE {OPEN_SQL}",
+        f"CREATE INDEX events_open_due ON events(next_attempt_at) WHERE {OPEN_SQL}",
         "CREATE INDEX events_object ON events(object_id, id)",
         "CREATE INDEX events_state ON events(state, id)",
         "CREATE INDEX events_received ON events(received_at)",
@@ -135,12 +136,14 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
         # One row per contact ever claimed; a release sets ``until`` to 0 rather than
-        # deleting, so claims lock existing rows with FOR UPDATE SKIP LOCKED.
+        # deleting, so claims lock existing rows with FOR UPDATE SKIP LOCKED. ``instance``
+        # is the claiming connection's application_name (``stagesync-<pid>``), for operators.
         """
         CREATE TABLE contact_leases (
             object_id BIGINT PRIMARY KEY,
             owner TEXT,
-            until DOUBLE PRECISION NOT NULL
+            until DOUBLE PRECISION NOT NULL,
+            instance TEXT
         )
         """,
         """

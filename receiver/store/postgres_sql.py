@@ -24,7 +24,9 @@ CHANNEL = "SELECT 'stagesync:' || current_schema()"
 
 # Ids follow arrival order (nextval runs after the ORDER BY), while rows are inserted in
 # dedup-key order: two instances inserting overlapping batches then wait on each other's
-# keys in one global order, so ON CONFLICT can never deadlock them.
+# keys in one global order, so ON CONFLICT can never deadlock them. Keys already committed
+# are filtered out first (a snapshot read, no lock), because ON CONFLICT on a row that a
+# record() transaction is updating would wait for that transaction to end.
 INGEST = """
 WITH input AS MATERIALIZED (
     SELECT nextval('events_id_seq') AS id, u.*
@@ -38,7 +40,9 @@ INSERT INTO events (id, dedup_key, state, object_id, subscription_type, occurred
                     received_at, updated_at, raw, last_error_code, last_error_message)
 SELECT id, dedup_key, state, object_id, subscription_type, occurred_at, stage,
        received_at, received_at, raw, error_code, error_message
-FROM input ORDER BY dedup_key
+FROM input
+WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.dedup_key = input.dedup_key)
+ORDER BY dedup_key
 ON CONFLICT (dedup_key) DO NOTHING
 RETURNING dedup_key
 """
@@ -72,7 +76,8 @@ WITH picked AS (
     ORDER BY array_position($1::bigint[], object_id) LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
-UPDATE contact_leases AS l SET owner = $4, until = $5
+UPDATE contact_leases AS l
+SET owner = $4, until = $5, instance = current_setting('application_name')
 FROM picked WHERE l.object_id = picked.object_id
 RETURNING l.object_id
 """

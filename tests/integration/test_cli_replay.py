@@ -113,7 +113,6 @@ async def test_a_cli_replay_is_picked_up_by_the_running_server_within_a_second(e
     assert run.code == 0, run.err
     assert run.out.strip() == "replayed 1 event(s)"
     waited = await env.wait_state(event_id, "synced")
-    print(f"PICKUP {waited:.3f}")
     assert waited < PICKUP_S
 
     history = await env.ctx.store.history(event_id)

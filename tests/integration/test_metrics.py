@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -316,3 +318,15 @@ async def test_readyz_ignores_an_old_backlog_when_the_threshold_is_0(tmp_path: P
         assert answer.status_code == 200
         assert "backlog" not in answer.json()["checks"]
         gate.set()
+
+
+def test_the_example_alert_rules_in_the_docs_parse_and_use_only_real_metrics() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    [block] = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    rules = yaml.safe_load(block)["groups"][0]["rules"]
+    assert len(rules) >= 5
+    suffixes = ("_total", "_bucket", "_count", "_sum", "")
+    known = {name + suffix for name in SPEC_METRICS for suffix in suffixes}
+    for rule in rules:
+        used = set(re.findall(r"\bstagesync_[a-z_]+", rule["expr"]))
+        assert used <= known, (rule["alert"], used - known)

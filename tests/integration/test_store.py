@@ -1,7 +1,7 @@
 """The event store's behaviour, run against SQLite and PostgreSQL (see ``conftest.py``).
 
-PostgreSQL-only behaviour (NOTIFY across instances, the listener's reconnect, concurrent
-migrations and claims from several stores) is at the end.
+A few PostgreSQL-only behaviours (the listener's reconnect, schema versions, folding the
+counts) are at the end; several instances on one database are in ``test_two_instances``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from receiver.models import (
 )
 from receiver.store.base import EventStore, IngestResult
 from receiver.store.postgres import PostgresStore
-from tests.integration.conftest import Backend
+from tests.integration.conftest import Backend, with_query
 from tests.support.webhooks import event
 
 NOW = 1_700_000_000.0
@@ -413,25 +413,6 @@ async def wait_for(check: Callable[[], bool], within_s: float = 5.0) -> None:
 
 
 @pytest.mark.postgres
-async def test_postgres_an_ingest_or_replay_on_one_instance_wakes_the_other(
-    pg_pair: tuple[PostgresStore, PostgresStore],
-) -> None:
-    a, b = pg_pair
-    wakes: list[int] = []
-    b.add_commit_listener(lambda: wakes.append(1))
-    await b.ingest(batch(event(1, "lead")), NOW)
-    assert len(wakes) == 1  # its own commit, called directly
-    await a.ingest(batch(event(2, "lead")), NOW)
-    # Notifications arrive in commit order: had b's own come back, it would be counted first.
-    await wait_for(lambda: len(wakes) >= 2)
-    assert len(wakes) == 2
-    [c] = await a.claim("a", NOW, 30, 1)
-    await a.record("a", [Outcome(c.events[0].id, "failed")], [], [c.object_id], NOW)
-    await a.replay([c.events[0].id], NOW + 1)
-    await wait_for(lambda: len(wakes) >= 3)
-
-
-@pytest.mark.postgres
 async def test_postgres_listener_reconnects_when_its_connection_is_killed(
     pg_pair: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -449,17 +430,6 @@ async def test_postgres_listener_reconnects_when_its_connection_is_killed(
 
 
 @pytest.mark.postgres
-async def test_postgres_stores_opening_at_once_migrate_the_schema_once(pg_dsn: str) -> None:
-    stores = [PostgresStore(pg_dsn) for _ in range(4)]
-    await asyncio.gather(*(s.open() for s in stores))
-    try:
-        assert await stores[0].pool.fetch("SELECT version FROM stagesync_schema") == [(1,)]
-        assert await stores[1].ingest(batch(event(1, "lead")), NOW) == IngestResult(1, 0, 0)
-    finally:
-        await asyncio.gather(*(s.close() for s in stores))
-
-
-@pytest.mark.postgres
 async def test_postgres_refuses_a_schema_newer_than_it_knows(pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
@@ -469,25 +439,6 @@ async def test_postgres_refuses_a_schema_newer_than_it_knows(pg_dsn: str) -> Non
         await conn.close()
     with pytest.raises(ConfigError, match="schema is version 99"):
         await PostgresStore(pg_dsn).open()
-
-
-@pytest.mark.postgres
-async def test_postgres_concurrent_claims_from_two_instances_never_share_a_contact(
-    pg_pair: tuple[PostgresStore, PostgresStore],
-) -> None:
-    a, b = pg_pair
-    await a.ingest(batch(*(event(i, "lead") for i in range(300))), NOW)
-    owners: dict[int, list[str]] = {}
-
-    async def claimer(store: PostgresStore, owner: str) -> None:
-        while claimed := await store.claim(owner, NOW, 60, 7):
-            for c in claimed:
-                owners.setdefault(c.object_id, []).append(owner)
-
-    await asyncio.gather(*(claimer(s, f"{s.token}-{n}") for s in (a, b) for n in range(3)))
-    assert len(owners) == 300
-    assert all(len(o) == 1 for o in owners.values())
-    assert len({o[0].split("-")[0] for o in owners.values()}) == 2  # both instances took work
 
 
 @pytest.mark.postgres
@@ -501,8 +452,18 @@ async def test_postgres_counts_are_unchanged_by_folding_the_deltas(pg_dsn: str) 
         await store.record("a", [Outcome(c.events[0].id, "skipped", reason="stale")
                                  for c in claimed.values()][:3], [], [], NOW)  # fmt: skip
         before = await store.counts()
-        await store.fold_counts()
+        await store.fold_counts(min_rows=0)
         assert await store.counts() == before == {"pending": {"": 2}, "skipped": {"stale": 3}}
         assert await store.pool.fetchval("SELECT count(*) FROM event_count_deltas") == 2
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_commits_are_synchronous_whatever_the_dsn_asks(pg_dsn: str) -> None:
+    store = PostgresStore(with_query(pg_dsn, synchronous_commit="off"))
+    await store.open()
+    try:
+        assert await store.pool.fetchval("SHOW synchronous_commit") == "on"
     finally:
         await store.close()

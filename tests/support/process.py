@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,13 +64,17 @@ def command(*args: str, console_script: bool = False) -> list[str]:
 
 
 def run_cli(
-    env: Mapping[str, str], *args: str, console_script: bool = False, timeout: float = 30
+    env: Mapping[str, str],
+    *args: str,
+    console_script: bool = False,
+    cwd: Path = ROOT,
+    timeout: float = 30,
 ) -> subprocess.CompletedProcess[str]:
     """Run one ``stagesync`` command to completion; output is captured as text."""
     return subprocess.run(
         command(*args, console_script=console_script),
         env=child_env(env),
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -91,13 +96,15 @@ class ServiceProcess:
         port: int | None = None,
         args: Sequence[str] = (),
         console_script: bool = False,
+        cwd: Path = ROOT,
         log_path: Path | None = None,
     ) -> None:
         self.env = dict(env)
+        self.cwd = cwd
         self.port = port or free_port()
         self.args = list(args)
         self.console_script = console_script
-        self.log_path = log_path or _default_log_path(self.env, self.port)
+        self.log_path = log_path or _default_log_path(self.env, self.cwd, self.port)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -128,7 +135,7 @@ class ServiceProcess:
             console_script=self.console_script,
         )  # fmt: skip
         self.proc = subprocess.Popen(
-            argv, env=child_env(self.env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            argv, env=child_env(self.env), cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -143,10 +150,10 @@ class ServiceProcess:
                     raise RuntimeError(f"service did not start:\n{self.output()}")
                 time.sleep(0.02)
 
-    async def astart(self, timeout: float = START_TIMEOUT_S) -> None:
+    async def astart(self, within_s: float = START_TIMEOUT_S) -> None:
         """:meth:`start` without blocking the event loop."""
         self.spawn()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         async with httpx.AsyncClient(timeout=1.0) as client:
             while True:
                 try:
@@ -230,11 +237,13 @@ class ServiceProcess:
         self.stop()
 
 
-def _default_log_path(env: Mapping[str, str], port: int) -> Path:
-    """Next to the SQLite file when there is one, else in the temp directory."""
+def _default_log_path(env: Mapping[str, str], cwd: Path, port: int) -> Path:
+    """Next to the SQLite file, or in ``cwd`` when that is not the repository."""
     url = env.get("STAGESYNC_DATABASE_URL", "")
     if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///")).parent / f"service-{port}.log"
-    import tempfile
-
-    return Path(tempfile.gettempdir()) / f"stagesync-service-{port}.log"
+        folder = (cwd / url.removeprefix("sqlite:///")).parent
+    elif cwd != ROOT:
+        folder = cwd
+    else:
+        folder = Path(tempfile.gettempdir())
+    return folder / f"stagesync-service-{port}.log"

@@ -175,9 +175,9 @@ def test_one_malformed_event_does_not_affect_the_others() -> None:
 
 
 def test_duplicate_key_ignores_the_attempt_number() -> None:
-    assert one(stage_change(attemptNumber=0)).dedup_key == one(
-        stage_change(attemptNumber=3)
-    ).dedup_key
+    assert (
+        one(stage_change(attemptNumber=0)).dedup_key == one(stage_change(attemptNumber=3)).dedup_key
+    )
 
 
 def test_duplicate_key_ignores_fields_outside_the_spec_list() -> None:

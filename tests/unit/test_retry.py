@@ -114,7 +114,7 @@ def test_a_rate_limit_never_fails_an_event_even_past_max_attempts() -> None:
     assert outcome.state == "retrying" and not outcome.counts_attempt
 
 
-def test_a_rate_limit_without_retry_after_backs_off_by_the_streak() -> None:
+def test_classify_backs_off_a_rate_limit_without_retry_after_by_the_streak() -> None:
     exc = RateLimited("REQUEST_LIMIT_EXCEEDED", "busy")
     delays = [
         classify(exc, pending(), 0, POLICY, NOW, rate_streak=6).next_attempt_at or 0.0

@@ -20,8 +20,7 @@ from receiver.exceptions import (
 )
 from receiver.targets.base import UpsertRequest, UpsertResult
 from receiver.targets.salesforce import SalesforceConfig, SalesforceTarget
-from receiver.targets.salesforce_errors import parse_limit_info
-from receiver.targets.salesforce_fields import PLACEHOLDER, default_mapping, prepare_fields
+from receiver.targets.salesforce_fields import PLACEHOLDER
 
 INSTANCE = "https://acme.my.salesforce.com"
 TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"
@@ -68,116 +67,6 @@ async def make() -> AsyncIterator[Factory]:
     yield factory
     for client in clients:
         await client.aclose()
-
-
-# -- prepare_fields ----------------------------------------------------------------------
-
-
-def test_prepare_fields_sends_empty_strings_as_null() -> None:
-    body = prepare_fields("contact", {"LastName": "Hopper", "Phone": "", "Title": "  "})
-    assert body == {"LastName": "Hopper", "Phone": None, "Title": None}
-
-
-def test_prepare_fields_turns_checkbox_values_into_booleans_but_not_in_text_fields() -> None:
-    body = prepare_fields(
-        "contact",
-        {"LastName": "Hopper", "DoNotCall": "true", "Opted_In__c": "false", "Title": "true"},
-    )
-    assert body["DoNotCall"] is True
-    assert body["Opted_In__c"] is False
-    assert body["Title"] == "true"
-
-
-def test_prepare_fields_turns_ms_epoch_into_a_date_for_date_fields() -> None:
-    body = prepare_fields(
-        "contact",
-        {
-            "LastName": "Hopper",
-            "Birthdate": "-1230681600000",  # 1931-01-02, before the epoch
-            "First_Touch_Date__c": "1714521600000",
-            "CloseDate": "2024-05-01T00:00:00.000Z",
-            "Renewal_date__c": "2024-06-30",
-        },
-    )
-    assert body["Birthdate"] == "1931-01-02"
-    assert body["First_Touch_Date__c"] == "2024-05-01"
-    assert body["CloseDate"] == "2024-05-01"
-    assert body["Renewal_date__c"] == "2024-06-30"
-
-
-def test_prepare_fields_turns_ms_epoch_into_iso_utc_for_datetime_fields() -> None:
-    body = prepare_fields(
-        "lead",
-        {
-            "LastName": "L",
-            "Company": "C",
-            "Last_Seen_DateTime__c": "1714566896789",
-            "Signup_Date_Time__c": "2024-05-01T12:34:56Z",
-        },
-    )
-    assert body["Last_Seen_DateTime__c"] == "2024-05-01T12:34:56.789Z"
-    assert body["Signup_Date_Time__c"] == "2024-05-01T12:34:56Z"
-
-
-def test_prepare_fields_leaves_numbers_and_lookalikes_as_hubspot_sent_them() -> None:
-    body = prepare_fields(
-        "lead",
-        {
-            "LastName": "L",
-            "Company": "C",
-            "NumberOfEmployees": "250",
-            "PostalCode": "02134",
-            "Candidate__c": "1714521600000",  # ends in "date" only in lower case
-            "Update__c": "true",
-            "Score__c": 12,
-        },
-    )
-    assert body["NumberOfEmployees"] == "250"
-    assert body["PostalCode"] == "02134"
-    assert body["Candidate__c"] == "1714521600000"
-    assert body["Update__c"] is True
-    assert body["Score__c"] == 12
-
-
-def test_prepare_fields_sends_missing_last_name_and_lead_company_as_not_provided() -> None:
-    assert prepare_fields("lead", {"FirstName": "Ada", "LastName": ""}) == {
-        "FirstName": "Ada",
-        "LastName": PLACEHOLDER,
-        "Company": PLACEHOLDER,
-    }
-    assert prepare_fields("contact", {"LastName": None}) == {"LastName": PLACEHOLDER}
-
-
-def test_prepare_fields_never_sends_the_external_id_or_id() -> None:
-    body = prepare_fields(
-        "contact",
-        {"LastName": "H", "Id": "003x", "HubSpot_Contact_ID__c": "9", "Other_Key__c": "9"},
-    )
-    assert body == {"LastName": "H", "Other_Key__c": "9"}
-    body = prepare_fields(
-        "contact", {"LastName": "H", "Other_Key__c": "9"}, external_id_field="Other_Key__c"
-    )
-    assert body == {"LastName": "H"}
-
-
-def test_default_mapping_gives_the_lead_a_company() -> None:
-    common = {
-        "FirstName": "firstname",
-        "LastName": "lastname",
-        "Email": "email",
-        "Phone": "phone",
-        "Title": "jobtitle",
-    }
-    assert default_mapping("contact") == common
-    assert default_mapping("lead") == {**common, "Company": "company"}
-
-
-def test_parse_limit_info_reads_used_and_limit() -> None:
-    assert parse_limit_info("api-usage=18/5000") == (18, 5000)
-    assert parse_limit_info("api-usage=110018/100000; api-bursts=1/750") == (110018, 100000)
-    assert parse_limit_info(None) is None
-    assert parse_limit_info("per-app-api-usage=17/250(appName=x)") is None
-    assert parse_limit_info("per-app-api-usage=17/250(appName=x); api-usage=25/5000") == (25, 5000)
 
 
 # -- single upsert -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def problems(config: Path | None = None, **env: str) -> list[str]:
+def problems(config: Path | None = None, /, **env: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         load_settings(config, env)
     return info.value.problems
@@ -99,7 +99,8 @@ def test_mapping_tables_are_read_with_empty_values_kept_to_remove_defaults(
 ) -> None:
     config = write(
         tmp_path,
-        '[mapping.lead]\nTitle = ""\nIndustry = "industry"\n[mapping.contact]\nDepartment = "dept"\n',
+        '[mapping.lead]\nTitle = ""\nIndustry = "industry"\n'
+        '[mapping.contact]\nDepartment = "dept"\n',
     )
     settings = load_settings(config, BASE)
     assert settings.mapping == {
@@ -121,7 +122,11 @@ def test_mapping_table_other_than_lead_or_contact_is_a_problem(tmp_path: Path) -
 def test_comma_lists_in_the_environment_are_split_and_trimmed() -> None:
     settings = load_settings(
         None,
-        {**BASE, "STAGESYNC_LEAD_STAGES": " lead , subscriber,,", "STAGESYNC_CONTACT_STAGES": "customer"},
+        {
+            **BASE,
+            "STAGESYNC_LEAD_STAGES": " lead , subscriber,,",
+            "STAGESYNC_CONTACT_STAGES": "customer",
+        },
     )
     assert settings.lead_stages == ["lead", "subscriber"]
     assert settings.contact_stages == ["customer"]

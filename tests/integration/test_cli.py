@@ -1,0 +1,195 @@
+"""The README flow and the read commands, as a user runs them: real subprocesses.
+
+``stagesync serve`` runs as ``make run`` does (the demo secret, the default SQLite file
+in the working directory); ``stagesync send-sample`` from "another shell" signs with
+the same demo secret; ``stagesync events``, ``records`` and ``status`` then read the
+same database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from receiver.cli import DEMO_SECRET
+from tests.support.process import ServiceProcess, run_cli
+
+LEAD, CONTACT = 777, 778
+EVENT_KEYS = {
+    "id", "state", "reason", "object_id", "subscription_type", "stage", "attempts",
+    "last_error", "received_at", "updated_at", "target_kind", "target_id", "raw",
+}  # fmt: skip
+RECORD_KEYS = {"hubspot_id", "kind", "target_id", "fields", "upserted_at"}
+DEMO_ENV = {"STAGESYNC_HUBSPOT_CLIENT_SECRET": DEMO_SECRET}
+
+
+def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = run_cli(env or {}, *args, console_script=True, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def until_settled(service: ServiceProcess, within_s: float = 15) -> dict[str, Any]:
+    """``/status`` once nothing is pending or retrying any more."""
+    deadline = time.monotonic() + within_s
+    with httpx.Client() as http:
+        while True:
+            doc: dict[str, Any] = http.get(service.url("/status")).json()
+            if doc["counts"]["pending"] == doc["counts"]["retrying"] == 0:
+                return doc
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.05)
+
+
+@dataclass
+class Demo:
+    service: ServiceProcess
+    home: Path  # the working directory of every command
+    samples: list[subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """``make run`` in a fresh directory, then two ``send-sample`` runs, processed."""
+    home = tmp_path_factory.mktemp("demo")
+    service = ServiceProcess(DEMO_ENV, console_script=True, cwd=home)
+    service.start()
+    try:
+        hook = service.url("/webhooks/hubspot")
+        samples = [
+            run_cli(
+                {},
+                "send-sample",
+                "--url",
+                hook,
+                "--object-id",
+                str(contact),
+                "--stage",
+                stage,
+                console_script=True,
+                cwd=home,
+            )
+            for contact, stage in ((LEAD, "lead"), (CONTACT, "customer"))
+        ]
+        until_settled(service)
+        yield Demo(service, home, samples)
+    finally:
+        service.stop()
+
+
+def test_send_sample_is_accepted_signed_with_the_demo_secret(demo: Demo) -> None:
+    for sample in demo.samples:
+        assert sample.returncode == 0, sample.stdout + sample.stderr
+        assert '"accepted":2' in sample.stdout
+        assert "demo secret" in sample.stderr
+    assert (demo.home / "stagesync.db").exists()
+
+
+def test_events_json_shows_the_sample_events(demo: Demo) -> None:
+    events = json_lines(cli(demo.home, "events", "--json"))
+    assert len(events) == 4
+    assert all(set(e) == EVENT_KEYS for e in events)
+    assert {e["object_id"] for e in events} == {LEAD, CONTACT}
+    assert {e["subscription_type"] for e in events} == {
+        "contact.creation",
+        "contact.propertyChange",
+    }
+    changes = {e["object_id"]: e for e in events if e["subscription_type"] != "contact.creation"}
+    assert changes[LEAD]["state"] == "synced" and changes[LEAD]["target_kind"] == "lead"
+    assert changes[CONTACT]["target_kind"] == "contact"
+    assert changes[LEAD]["raw"]["propertyValue"] == "lead"
+
+
+def test_events_lists_the_sample_events_for_people(demo: Demo) -> None:
+    lines = cli(demo.home, "events").splitlines()
+    assert len(lines) == 4
+    assert sum("synced" in line for line in lines) == 2
+    assert any(f"contact={LEAD}" in line for line in lines)
+
+
+def test_events_limit_keeps_the_newest_and_state_filters(demo: Demo) -> None:
+    everything = json_lines(cli(demo.home, "events", "--json"))
+    newest = json_lines(cli(demo.home, "events", "--json", "--limit", "1"))
+    assert len(newest) == 1 and newest[0]["id"] == max(e["id"] for e in everything)
+    skipped = json_lines(cli(demo.home, "events", "--json", "--state", "skipped"))
+    assert [e["subscription_type"] for e in skipped] == ["contact.creation"] * 2
+    assert {e["reason"] for e in skipped} == {"coalesced"}
+
+
+def test_events_show_prints_one_event_with_its_history(demo: Demo) -> None:
+    synced = json_lines(cli(demo.home, "events", "--json", "--state", "synced"))
+    shown = orjson.loads(cli(demo.home, "events", "show", str(synced[0]["id"])))
+    assert set(shown) == EVENT_KEYS | {"history"}
+    assert shown["id"] == synced[0]["id"] and shown["state"] == "synced"
+    assert [h["outcome"] for h in shown["history"]] == ["synced"]
+
+
+def test_events_show_unknown_id_exits_1_and_bad_usage_exits_2(demo: Demo) -> None:
+    missing = run_cli({}, "events", "show", "999999", console_script=True, cwd=demo.home)
+    assert missing.returncode == 1 and "999999" in missing.stderr
+    bad = run_cli({}, "events", "show", "x", console_script=True, cwd=demo.home)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_records_json_lists_what_the_dry_run_target_holds(demo: Demo) -> None:
+    records = json_lines(cli(demo.home, "records", "--json"))
+    assert all(set(r) == RECORD_KEYS for r in records)
+    assert {(r["hubspot_id"], r["kind"]) for r in records} == {
+        (str(LEAD), "lead"),
+        (str(CONTACT), "contact"),
+    }
+    leads = json_lines(cli(demo.home, "records", "--json", "--kind", "lead"))
+    assert [r["hubspot_id"] for r in leads] == [str(LEAD)]
+    assert str(CONTACT) in cli(demo.home, "records")
+
+
+def test_status_shows_the_same_figures_as_the_endpoint(demo: Demo) -> None:
+    served = until_settled(demo.service)
+    doc = orjson.loads(cli(demo.home, "status", "--json"))
+    assert doc["counts"] == served["counts"]
+    assert doc["counts"]["synced"] == 2
+    assert doc["lead_stages"] == served["lead_stages"]
+    assert doc["target"] == "dry-run"
+    text = cli(demo.home, "status")
+    assert "synced" in text and "lead, marketingqualifiedlead" in text
+    assert DEMO_SECRET not in text + orjson.dumps(doc).decode()
+
+
+def test_serve_with_the_demo_secret_warns_loudly(demo: Demo) -> None:
+    assert "DEMO CLIENT SECRET" in demo.service.output()
+
+
+def test_send_sample_signed_with_another_secret_is_refused(demo: Demo) -> None:
+    result = run_cli(
+        {"STAGESYNC_HUBSPOT_CLIENT_SECRET": "some-other-secret"},
+        "send-sample", "--url", demo.service.url("/webhooks/hubspot"),
+        console_script=True, cwd=demo.home,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "401" in result.stdout
+
+
+def test_send_sample_to_a_closed_port_says_so_without_traceback(tmp_path: Path) -> None:
+    result = run_cli({}, "send-sample", "--url", "http://127.0.0.1:9/webhooks/hubspot",
+                     console_script=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert "could not reach" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_read_commands_work_on_a_new_database_without_a_server(tmp_path: Path) -> None:
+    assert cli(tmp_path, "events", "--json") == ""
+    assert cli(tmp_path, "records", "--json") == ""
+    assert orjson.loads(cli(tmp_path, "status", "--json"))["counts"]["pending"] == 0

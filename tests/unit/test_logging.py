@@ -1,0 +1,216 @@
+"""Logging: JSON off a TTY, console on one, bound ids, and no secret in any line."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from receiver.app import create_app
+from receiver.logging import REDACTED, RequestIdMiddleware, configure_logging, get_logger
+from tests.conftest import SECRET, build_settings
+from tests.fakes.hubspot import create_fake_hubspot
+from tests.support.process import ServiceProcess, service_env
+from tests.support.servers import running_server
+from tests.support.webhooks import event, signed
+
+ADMIN_TOKEN = "admin-token-never-logged-0123456789abcdef"
+CONTACT = 4242
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+# -- configure_logging -------------------------------------------------------------------
+
+
+def test_lines_are_json_with_level_and_timestamp_when_not_on_a_tty() -> None:
+    out = io.StringIO()
+    configure_logging("auto", "info", stream=out)
+    get_logger("t").info("service_started", target="dry-run")
+    [line] = json_lines(out.getvalue())
+    assert line["event"] == "service_started"
+    assert line["level"] == "info"
+    assert line["target"] == "dry-run"
+    assert line["timestamp"].endswith("Z")
+
+
+def test_lines_are_console_text_on_a_tty() -> None:
+    out = FakeTTY()
+    configure_logging("auto", "info", stream=out)
+    get_logger("t").info("service_started", target="dry-run")
+    text = out.getvalue()
+    assert "service_started" in text and "target=dry-run" in text
+    assert not text.lstrip().startswith("{")
+
+
+def test_level_filters_lower_lines() -> None:
+    out = io.StringIO()
+    configure_logging("json", "warning", stream=out)
+    log = get_logger("t")
+    log.info("quiet")
+    log.warning("loud")
+    assert [line["event"] for line in json_lines(out.getvalue())] == ["loud"]
+
+
+def test_bound_context_appears_on_every_line() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    with structlog.contextvars.bound_contextvars(request_id="req-1"):
+        get_logger("a").info("one")
+        get_logger("b").warning("two")
+    get_logger("c").info("three")
+    lines = json_lines(out.getvalue())
+    assert [line.get("request_id") for line in lines] == ["req-1", "req-1", None]
+
+
+def test_known_secrets_are_redacted_anywhere_in_a_line() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", secrets=[SECRET, ADMIN_TOKEN], stream=out)
+    get_logger("t").warning(
+        f"odd {SECRET}",
+        url=f"https://x.example/?token={ADMIN_TOKEN}",
+        nested={"list": [SECRET, ("a", ADMIN_TOKEN)]},
+    )
+    text = out.getvalue()
+    assert SECRET not in text and ADMIN_TOKEN not in text
+    [line] = json_lines(text)
+    assert line["event"] == f"odd {REDACTED}"
+    assert line["nested"]["list"][0] == REDACTED
+
+
+def test_exceptions_are_rendered_without_the_secret_in_their_message() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", secrets=[SECRET], stream=out)
+    try:
+        raise RuntimeError(f"upstream echoed {SECRET}")
+    except RuntimeError:
+        get_logger("t").exception("call_failed")
+    text = out.getvalue()
+    assert "call_failed" in text and "RuntimeError" in text
+    assert SECRET not in text
+
+
+# -- request ids -------------------------------------------------------------------------
+
+
+async def _logs_twice(request: Request) -> PlainTextResponse:
+    log = get_logger("t")
+    log.info("first")
+    await asyncio.sleep(0)
+    log.info("second")
+    return PlainTextResponse("ok")
+
+
+async def test_request_id_middleware_binds_one_id_per_request() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    app = RequestIdMiddleware(Starlette(routes=[Route("/", _logs_twice)]))
+    async with running_server(app) as url, httpx.AsyncClient() as http:
+        await asyncio.gather(http.get(url), http.get(url), http.get(url))
+        await http.get(url, headers={"X-Request-Id": "lb-abc.123"})
+        await http.get(url, headers={"X-Request-Id": "bad id\twith spaces"})
+    lines = [line for line in json_lines(out.getvalue()) if line["event"] in ("first", "second")]
+    ids = [line["request_id"] for line in lines]
+    assert len(lines) == 10 and all(ids)
+    assert len(set(ids)) == 5
+    for request_id in set(ids):
+        assert sorted(line["event"] for line in lines if line["request_id"] == request_id) == [
+            "first",
+            "second",
+        ]
+    assert "lb-abc.123" in ids
+    assert not any(" " in i for i in ids)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="bug reported: receiver/app.py does not install RequestIdMiddleware"
+)
+async def test_webhook_log_lines_carry_a_request_id(tmp_path: Path) -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    app = create_app(build_settings(tmp_path))
+    async with running_server(app) as url, httpx.AsyncClient() as http:
+        body, headers = signed(url + "/webhooks/hubspot", [event(1, "lead")], "wrong")
+        response = await http.post(url + "/webhooks/hubspot", content=body, headers=headers)
+        assert response.status_code == 401
+    [line] = [x for x in json_lines(out.getvalue()) if x["event"] == "signature_rejected"]
+    assert line.get("request_id")
+
+
+# -- a real service run ------------------------------------------------------------------
+
+
+async def wait_for(service: ServiceProcess, needle: str, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    while needle not in service.output():
+        assert time.monotonic() < deadline, f"{needle!r} never logged:\n{service.output()}"
+        await asyncio.sleep(0.05)
+
+
+async def test_real_run_logs_json_with_ids_and_never_a_secret(tmp_path: Path) -> None:
+    fake = create_fake_hubspot(
+        contacts={CONTACT: {"lifecyclestage": "lead", "email": "ada@example.com"}}
+    )
+    async with running_server(fake.app) as hubspot_url, httpx.AsyncClient(timeout=10) as http:
+        env = service_env(
+            tmp_path,
+            hubspot_access_token=fake.token,
+            hubspot_api_url=hubspot_url,
+            admin_token=ADMIN_TOKEN,
+        )
+        del env["STAGESYNC_LOG_FORMAT"]  # auto: JSON, since the output is not a TTY
+        service = ServiceProcess(env)
+        await service.astart()
+        try:
+            hook = service.url("/webhooks/hubspot")
+            body, headers = signed(hook, [event(CONTACT, "lead")], SECRET)
+            assert (await http.post(hook, content=body, headers=headers)).status_code == 200
+            body, headers = signed(hook, [event(CONTACT, "customer")], "not-the-secret")
+            assert (await http.post(hook, content=body, headers=headers)).status_code == 401
+            admin = service.url("/admin/events")
+            ok = await http.get(admin, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert ok.status_code == 200
+            refused = await http.get(admin, headers={"Authorization": f"Bearer {SECRET}"})
+            assert refused.status_code == 401
+            await wait_for(service, "event_synced")
+        finally:
+            service.stop()
+    assert fake.batch_read_calls >= 1  # the HubSpot token really was used
+
+    output = service.output()
+    for secret in (SECRET, fake.token, ADMIN_TOKEN):
+        assert secret not in output
+    lines = json_lines(output)
+    assert len(lines) == len([line for line in output.splitlines() if line.strip()])
+    events = [line["event"] for line in lines]
+    assert "service_started" in events and "signature_rejected" in events
+    [synced] = [line for line in lines if line["event"] == "event_synced"]
+    assert synced["contact_id"] == CONTACT
+    assert isinstance(synced["event_id"], int)
+    assert synced["kind"] == "lead"
