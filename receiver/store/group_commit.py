@@ -3,7 +3,9 @@
 Webhook requests queue their events and wait. A writer takes everything queued, commits
 it in one go, then answers every request of that group; requests that arrive meanwhile
 form the next group, so the flush cost is shared under load while a lone request is
-never held back. With several writers, one group is sent while another is flushed.
+never held back. With several writers, one group is sent while another is flushed. A
+group the database refuses is retried request by request, so one bad request cannot fail
+the others with it.
 """
 
 from __future__ import annotations
@@ -85,16 +87,24 @@ class GroupCommitter:
                 group.append(self._queue.get_nowait())
                 size += len(group[-1].events)
             try:
-                results = await self._commit(group)
-            except Exception as exc:  # the whole group failed: every request gets a 503
-                for request in group:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-            else:
-                for request, result in zip(group, results, strict=True):
-                    if not request.future.done():
-                        request.future.set_result(result)
-                self._on_commit()
+                await self._commit_and_answer(group)
             finally:
                 for _ in group:
                     self._queue.task_done()
+
+    async def _commit_and_answer(self, group: list[IngestRequest]) -> None:
+        try:
+            results = await self._commit(group)
+        except Exception as exc:
+            if len(group) > 1:
+                # One request's data must not fail the others: commit each on its own.
+                for request in group:
+                    await self._commit_and_answer([request])
+                return
+            if not group[0].future.done():
+                group[0].future.set_exception(exc)  # answered 503; HubSpot retries
+            return
+        for request, result in zip(group, results, strict=True):
+            if not request.future.done():
+                request.future.set_result(result)
+        self._on_commit()

@@ -115,15 +115,15 @@ class PostgresStore:
             await asyncio.wait_for(self.listener.connected.wait(), 5.0)
 
     async def _listen_connection(self) -> Any:
-        return await asyncpg.connect(self.dsn, server_settings=self._server_settings(), timeout=10)
+        settings = self._server_settings()
+        return await asyncpg.connect(self.dsn, server_settings=settings, timeout=CONNECT_TIMEOUT_S)
 
     @staticmethod
     async def _migrate(conn: Any) -> None:
         async with conn.transaction():
             await conn.execute(q.MIGRATE_LOCK)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)"
-            )
+            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SCHEMA_TABLE):
+                await conn.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL)")
             version = int(
                 await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}")
             )

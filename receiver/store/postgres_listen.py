@@ -1,9 +1,10 @@
 """LISTEN/NOTIFY wake-ups across instances, on a dedicated connection that reconnects.
 
 The event triggers send a notification when events become ``pending`` (see
-:mod:`receiver.store.postgres_schema`). This listener calls ``on_wake`` for each one that
-came from another connection group than ours (our own commits already woke us), and once
-after every reconnect, since notifications sent while disconnected are lost. Polling in
+:mod:`receiver.store.postgres_schema`), with the sending store's token as payload. This
+listener calls ``on_wake`` for each one another store sent (our own commits have called
+the listeners already), and once after every reconnect, since notifications sent while
+disconnected are lost. Polling in
 the dispatcher remains the fallback while the connection is down.
 """
 

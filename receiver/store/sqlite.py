@@ -1,19 +1,19 @@
 """The SQLite event store: aiosqlite, WAL, ``synchronous=FULL``, group commit.
 
-One writer connection does every write, guarded by an ``asyncio.Lock`` so a
-transaction's statements never interleave. Webhook requests queue their events; a
-writer task takes everything queued, inserts it in one transaction and commits once
-(one fsync), then answers every request in that group. Requests arriving during a
+Writes go through one writer connection guarded by an ``asyncio.Lock``, so a
+transaction's statements never interleave. Webhook ingest is the exception that proves
+the rule: it has a connection and a thread of its own (:mod:`receiver.store.sqlite_ingest`),
+takes the same lock, and commits each group of requests with a single statement (one
+fsync), answering every request of the group after it. Requests arriving during a
 commit form the next group, so the fsync cost is shared under load and a lone request
-is never held back. Reads use a second connection, which WAL lets run beside writes.
+is never held back. Reads use a third connection, which WAL lets run beside writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
@@ -33,23 +33,20 @@ from receiver.models import (
 )
 from receiver.store.base import IngestResult, ReplayRefusal
 from receiver.store.rows import EVENT_COLUMNS, QmarkParams, event_from_row, filter_sql
+from receiver.store.sqlite_ingest import SQLiteIngest
 from receiver.store.sqlite_schema import MIGRATIONS
 
-INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (dedup_key, state, object_id, subscription_type,"
-    " occurred_at, stage, received_at, updated_at, raw, last_error_code, last_error_message)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Every connection: wait for another process's write lock (the CLI) rather than fail, and
+# flush the WAL on every commit, so an acknowledged event survives a power loss.
+PRAGMAS = (
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
 )
+
 _OPEN = "state IN ('pending', 'retrying')"
 # How many open events a claim looks at to find distinct contacts.
 CLAIM_SCAN = 5000
-
-
-@dataclass
-class _IngestRequest:
-    events: Sequence[NewEvent]
-    now: float
-    future: asyncio.Future[IngestResult] = field(repr=False)
 
 
 def sqlite_path(database_url: str) -> str:
@@ -67,17 +64,22 @@ class SQLiteStore:
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._queue: asyncio.Queue[_IngestRequest] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._ingest: SQLiteIngest | None = None
         self._listeners: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = FULL")
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+        return conn
+
+    def _connect_ingest(self) -> sqlite3.Connection:
+        # Used by the ingest thread only; not pinned to it, so a test may trace it.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
         return conn
 
     async def open(self) -> None:
@@ -85,7 +87,8 @@ class SQLiteStore:
         self._w = await self._connect()
         await self._migrate(self._w)
         self._r = await self._connect()
-        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-group-commit")
+        self._ingest = SQLiteIngest(self._connect_ingest, self._lock, self._committed)
+        await self._ingest.open()
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         await conn.execute("BEGIN IMMEDIATE")
@@ -103,14 +106,10 @@ class SQLiteStore:
             raise
 
     async def close(self) -> None:
-        """Finish queued commits, then close both connections."""
-        if self._writer is not None:
-            while not self._queue.empty():
-                await asyncio.sleep(0.01)
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        """Finish queued commits, then close the connections."""
+        if self._ingest is not None:
+            await self._ingest.close()
+            self._ingest = None
         for conn in (self._w, self._r):
             if conn is not None:
                 await conn.close()
@@ -119,6 +118,10 @@ class SQLiteStore:
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each commit of new events."""
         self._listeners.append(callback)
+
+    def _committed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def _wc(self) -> aiosqlite.Connection:
@@ -139,61 +142,13 @@ class SQLiteStore:
 
     async def ingest(self, events: Sequence[NewEvent], now: float) -> IngestResult:
         """Queue events for the next group commit and wait until they are durable."""
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_IngestRequest(events, now, future))
-        return await future
+        assert self._ingest is not None, "store is not open"
+        return await self._ingest.ingest(events, now)
 
-    async def _write_loop(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            while not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            try:
-                results = await self._commit_group(group)
-            except Exception as exc:  # the whole group failed: every request gets a 503
-                for request in group:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                continue
-            for request, result in zip(group, results, strict=True):
-                if not request.future.done():
-                    request.future.set_result(result)
-            for listener in self._listeners:
-                listener()
-
-    async def _commit_group(self, group: list[_IngestRequest]) -> list[IngestResult]:
-        conn = self._wc
-        results = []
-        async with self._lock:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                for request in group:
-                    valid = []
-                    invalid = []
-                    for ev in request.events:
-                        if ev.invalid_error is None:
-                            valid.append(
-                                (ev.dedup_key, "pending", ev.object_id, ev.subscription_type,
-                                 ev.occurred_at, ev.stage, request.now, request.now, ev.raw,
-                                 None, None)
-                            )  # fmt: skip
-                        else:
-                            invalid.append(
-                                (ev.dedup_key, "invalid", None, None, None, None, request.now,
-                                 request.now, ev.raw, "invalid_event", ev.invalid_error)
-                            )  # fmt: skip
-                    accepted = 0
-                    if valid:
-                        cur = await conn.executemany(INSERT_EVENT, valid)
-                        accepted = cur.rowcount
-                    if invalid:
-                        await conn.executemany(INSERT_EVENT, invalid)
-                    results.append(IngestResult(accepted, len(valid) - accepted, len(invalid)))
-                await conn.execute("COMMIT")
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-        return results
+    @property
+    def ingest_commits(self) -> int:
+        """How many group commits ingest made since the store was opened."""
+        return self._ingest.commits if self._ingest is not None else 0
 
     # -- dispatch --------------------------------------------------------------------
 

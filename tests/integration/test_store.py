@@ -467,3 +467,24 @@ async def test_postgres_commits_are_synchronous_whatever_the_dsn_asks(pg_dsn: st
         assert await store.pool.fetchval("SHOW synchronous_commit") == "on"
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_request_the_database_refuses_does_not_fail_the_rest_of_its_group(
+    pg_dsn: str,
+) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        too_big = NewEvent(b"k" * 16, b"{}", 2**63, "contact.creation", 1, None)  # not a bigint
+        results = await asyncio.gather(
+            store.ingest(batch(event(1, "lead")), NOW),
+            store.ingest([too_big], NOW),
+            store.ingest(batch(event(2, "lead")), NOW),
+            return_exceptions=True,
+        )
+        assert results[0] == results[2] == IngestResult(1, 0, 0)
+        assert isinstance(results[1], Exception)
+        assert await store.count_matching(EventFilter()) == 2
+    finally:
+        await store.close()

@@ -182,10 +182,12 @@ async def test_two_instances_sync_every_event_once_and_end_like_a_single_sqlite_
         assert sum(x["duplicates"] for x in answers) == sum(map(len, plan.batches)) - plan.unique
         await until(lambda: all_closed(db, plan.unique), within_s=20)
         await assert_each_event_ended_once(db, plan.unique)
-        sqlite_db = tmp_path / "stagesync.db"
-        assert sqlite_db.exists()
-        alone_done = await asyncio.to_thread(run_cli, sqlite_env, "status", "--json")
-        assert orjson.loads(alone_done.stdout)["counts"]["pending"] == 0
+
+        async def alone_done() -> bool:
+            counts = (await http.get(alone.url("/status"))).json()["counts"]
+            return bool(counts["synced"] + counts["skipped"] == plan.unique)
+
+        await until(alone_done, within_s=20)
     finally:
         for service in (a, b, alone):
             service.stop()
@@ -198,7 +200,6 @@ async def test_two_instances_sync_every_event_once_and_end_like_a_single_sqlite_
     assert all(pg_final[c] and pg_final[c]["LifecycleStage"] == expected[c][1] for c in expected)
 
 
-@pytest.mark.slow
 async def test_a_killed_instances_claimed_work_is_finished_by_the_other_after_its_lease(
     tmp_path: Path, pg_dsn: str, db: asyncpg.Connection, http: httpx.AsyncClient
 ) -> None:
