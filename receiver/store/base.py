@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from receiver.models import (
     ClaimedContact,
+    ContactState,
     ContactUpdate,
     EventFilter,
     HistoryEntry,
@@ -143,7 +144,7 @@ class EventStore(Protocol):
         """Delete events matching ``flt`` in chunks; the count."""
         ...
 
-    async def get_contact(self, object_id: int) -> Any:
+    async def get_contact(self, object_id: int) -> ContactState | None:
         """The ``ContactState`` of one contact, or None."""
         ...
 
