@@ -79,11 +79,9 @@ async def _with_store(settings: Settings, work: Callable[[EventStore], Awaitable
 async def _let_driver_threads_finish(within_s: float = 1.0) -> None:
     # After a failed connect, aiosqlite's worker thread answers its clean-up later; if
     # the loop is closed by then it prints a traceback (omnilib/aiosqlite#389).
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline and any(
-        "_connection_worker_thread" in thread.name for thread in threading.enumerate()
-    ):
-        await asyncio.sleep(0.01)
+    for thread in threading.enumerate():
+        if "_connection_worker_thread" in thread.name:
+            await asyncio.to_thread(thread.join, within_s)
 
 
 async def _no_work(store: EventStore) -> int:

@@ -1,10 +1,13 @@
 """The dispatcher: claim due events, fetch from HubSpot, route, upsert, record.
 
 Two stages run side by side. The *claim loop* leases contacts with due events, fetches
-their current properties from HubSpot in one batch read (one call at a time) and plans
-each contact. *Target workers* (``concurrency`` of them) take every ready job, up to the
-target's batch size, and make one call. Batching comes only from what piles up while a
-call is in flight: a lone event goes out at once. The claim loop is woken the moment a
+their current properties from HubSpot in one batch read and plans each contact. *Target
+workers* (``concurrency`` of them) take every ready job, up to the target's batch size,
+and make one call. Batching comes only from what piles up while a call is in flight: a
+lone event goes out at once. A claim that comes back partial is read while the loop
+waits, so the next batch gathers meanwhile; a full one (a backlog) is read in the
+background while the loop claims on, up to ``FULL_READS`` reads at once, so a backlog
+drains at the HubSpot rate the pacer allows rather than one round trip at a time. The claim loop is woken the moment a
 webhook commit lands and after each recorded round (a contact released may have new
 events), and polls every second for due retries, CLI replays and other instances'
 releases. Work that is due but leased elsewhere waits for one of those, never spins.
@@ -53,6 +56,8 @@ HUBSPOT_BATCH = 100
 CALLS_AHEAD = 2
 #: Share of the lease a job may spend before its remote call starts.
 START_WITHIN = 0.5
+#: HubSpot reads of full batches in flight at once while draining a backlog.
+FULL_READS = 3
 
 
 class ContactReader(Protocol):
@@ -160,6 +165,7 @@ class Dispatcher:
         self._leased: dict[int, Job] = {}
         self._rate_streak = {"hubspot": 0, "target": 0}
         self._tasks: list[asyncio.Task[None]] = []
+        self._reads: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -178,11 +184,13 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Stop, and release the leases of work that was not recorded."""
+        while pending := [t for t in (*self._tasks, *self._reads) if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and task.exception() is not None:
+                log.error("dispatcher_task_died", task=task.get_name(), error=task.exception())
         self._tasks = []
         now = self.clock()
         held = [i for i, job in self._leased.items() if job.lease_until > now]
@@ -234,6 +242,8 @@ class Dispatcher:
 
     async def run_once(self) -> bool:
         """Claim one round of contacts and plan them; False when nothing was due."""
+        while len(self._reads) >= FULL_READS:
+            await asyncio.wait(self._reads, return_when=asyncio.FIRST_COMPLETED)
         now = self._claimed_at = self.clock()
         claimed = await self.store.claim(self.owner, now, self.lease_s, self.claim_size)
         if not claimed:
@@ -242,6 +252,22 @@ class Dispatcher:
         self._in_flight += len(jobs)
         for job in jobs:
             self._leased[job.object_id] = job
+        if self.hubspot is not None and len(claimed) >= self.claim_size:
+            read = asyncio.create_task(self._background(jobs, now), name="dispatcher-read")
+            self._reads.add(read)
+            read.add_done_callback(self._reads.discard)
+        else:
+            await self._prepare(jobs, now)
+        return True
+
+    async def _background(self, jobs: list[Job], now: float) -> None:
+        try:
+            await self._prepare(jobs, now)
+        except Exception:
+            log.exception("dispatch_round_failed")
+
+    async def _prepare(self, jobs: list[Job], now: float) -> None:
+        """Fetch and decide ``jobs``, queue the remote work, record what is done."""
         try:
             await self._resolve(jobs, now)
             later = self.clock()
@@ -260,7 +286,6 @@ class Dispatcher:
             # Leases expire and the contacts are claimed again: nothing is lost.
             self._give_up([j for j in jobs if j not in self._ready], "round_failed")
             raise
-        return True
 
     def _plan(self, claimed: ClaimedContact, now: float) -> Job:
         return Job(
@@ -437,8 +462,11 @@ class Dispatcher:
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
+    # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as
+    # the event is set, and the loop would then outlive stop().
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 def describe(dispatcher: Dispatcher) -> dict[str, Any]:

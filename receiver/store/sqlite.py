@@ -1,6 +1,6 @@
 """The SQLite event store: aiosqlite, WAL, ``synchronous=FULL``, group commit.
 
-Writes go through one writer connection guarded by an ``asyncio.Lock``, so a
+Writes go through one writer connection guarded by a :class:`WriteLock`, so a
 transaction's statements never interleave. Webhook ingest is the exception that proves
 the rule: it has a connection and a thread of its own (:mod:`receiver.store.sqlite_ingest`),
 takes the same lock, and commits each group of requests with a single statement (one
@@ -35,6 +35,7 @@ from receiver.store.base import IngestResult, ReplayRefusal
 from receiver.store.rows import EVENT_COLUMNS, QmarkParams, event_from_row, filter_sql
 from receiver.store.sqlite_ingest import SQLiteIngest
 from receiver.store.sqlite_schema import MIGRATIONS
+from receiver.store.write_lock import WriteLock
 
 # Every connection: wait for another process's write lock (the CLI) rather than fail, and
 # flush the WAL on every commit, so an acknowledged event survives a power loss.
@@ -63,7 +64,8 @@ class SQLiteStore:
         self.path = path
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        # Webhook commits go before the dispatcher's writes (see write_lock.py).
+        self._lock = WriteLock()
         self._ingest: SQLiteIngest | None = None
         self._listeners: list[Callable[[], None]] = []
 

@@ -14,8 +14,9 @@ Each request's ``now`` is sent as the integer ratio of the float, so ``received_
 exactly the value given. Groups that JSON cannot carry exactly (a NUL character in a
 text, an odd key length or clock value) take a slower path with bound parameters.
 
-Every write of the store, this one included, holds the store's ``asyncio.Lock``, so
-this connection never waits on SQLite's file lock for the other one.
+Every write of the store, this one included, holds the store's
+:class:`~receiver.store.write_lock.WriteLock`, so this connection never waits on SQLite's
+file lock for the other one; ingest takes it ahead of the dispatcher's writes.
 
 Per-request counts: duplicates inside the group are settled in Python (the first copy
 counts); the statement's row count tells whether every remaining row was new. Only when
@@ -36,6 +37,7 @@ import orjson
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
 from receiver.store.group_commit import GroupCommitter, IngestRequest
+from receiver.store.write_lock import WriteLock
 
 KEY_LENGTH = 24
 # The largest numerator and denominator of a clock value that SQLite turns back into the
@@ -173,7 +175,7 @@ class SQLiteIngest:
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
-        lock: asyncio.Lock,
+        lock: WriteLock,
         on_commit: Callable[[], None],
     ) -> None:
         self._connect = connect
@@ -204,7 +206,7 @@ class SQLiteIngest:
         conn = self._conn
         assert conn is not None, "store is not open"
         batch = group_rows([(request.events, request.now) for request in group])
-        async with self._lock:
+        async with self._lock.urgent():
             inserted = await self._run(insert_group, conn, batch)
         self.commits += 1
         return results(batch, inserted)

@@ -193,3 +193,26 @@ def test_read_commands_work_on_a_new_database_without_a_server(tmp_path: Path) -
     assert cli(tmp_path, "events", "--json") == ""
     assert cli(tmp_path, "records", "--json") == ""
     assert orjson.loads(cli(tmp_path, "status", "--json"))["counts"]["pending"] == 0
+
+
+@pytest.mark.parametrize("command", [("events",), ("status",), ("serve", "--port", "9")])
+def test_database_that_cannot_be_opened_is_one_line_and_exit_1(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    env = {**DEMO_ENV, "STAGESYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'no' / 'such.db'}"}
+    result = run_cli(env, *command, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot open the database sqlite:///")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug reported: SQLiteStore.open leaks its aiosqlite connection (a non-daemon"
+    " thread) when a PRAGMA fails, so the process never exits",
+)
+def test_corrupt_database_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "stagesync.db").write_bytes(b"this is not a database" * 100)
+    result = run_cli({}, "events", cwd=tmp_path, timeout=5)
+    assert result.returncode == 1
+    assert "file is not a database" in result.stderr

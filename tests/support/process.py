@@ -11,9 +11,14 @@ Usage::
 
 ``run_cli(env, "events", "--json")`` runs one other command in a subprocess. The child
 gets only the ``STAGESYNC_*`` variables passed in ``env`` (plus PATH and the like), so
-the test's own environment never leaks into it. The blocking calls are quick; async
-tests may call them directly, or use :meth:`ServiceProcess.astart` while other
-coroutines are running.
+the test's own environment never leaks into it. Both run ``python -m receiver`` by
+default, or the installed ``stagesync`` script with ``console_script=True``, in the
+repository unless ``cwd`` says otherwise (the default ``sqlite:///stagesync.db`` is then
+relative to ``cwd``, as after ``make run``).
+
+In async tests, use :meth:`ServiceProcess.astart` when the test's own loop serves
+something the child needs (a fake HubSpot via ``running_server``) or while senders are
+running; :meth:`kill` and :meth:`stop` are quick and may be called directly.
 """
 
 from __future__ import annotations

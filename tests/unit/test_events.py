@@ -227,10 +227,6 @@ def test_string_event_ids_are_accepted_and_keyed() -> None:
     assert a.dedup_key != one(stage_change(eventId="abd")).dedup_key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug reported: receiver/events.py accepts ids past SQLite's signed 64-bit range",
-)
 @pytest.mark.parametrize(
     ("key", "subscription_type"),
     [

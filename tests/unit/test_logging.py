@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,13 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from receiver.app import create_app
-from receiver.logging import REDACTED, RequestIdMiddleware, configure_logging, get_logger
+from receiver.logging import (
+    REDACTED,
+    RequestIdMiddleware,
+    StdlibHandler,
+    configure_logging,
+    get_logger,
+)
 from tests.conftest import SECRET, build_settings
 from tests.fakes.hubspot import create_fake_hubspot
 from tests.support.process import ServiceProcess, service_env
@@ -36,10 +43,15 @@ class FakeTTY(io.StringIO):
 
 
 @pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -87,6 +99,18 @@ def test_bound_context_appears_on_every_line() -> None:
     get_logger("c").info("three")
     lines = json_lines(out.getvalue())
     assert [line.get("request_id") for line in lines] == ["req-1", "req-1", None]
+
+
+def test_standard_library_records_are_rendered_as_json_lines_once() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", secrets=[SECRET], stream=out)
+    configure_logging("json", "info", secrets=[SECRET], stream=out)  # no second handler
+    logging.getLogger("uvicorn.error").warning("odd request from %s: %s", "1.2.3.4", SECRET)
+    logging.getLogger("quiet").debug("below the level")
+    [line] = json_lines(out.getvalue())
+    assert line["event"] == f"odd request from 1.2.3.4: {REDACTED}"
+    assert line["logger"] == "uvicorn.error" and line["level"] == "warning"
+    assert len(out.getvalue().splitlines()) == 1
 
 
 def test_known_secrets_are_redacted_anywhere_in_a_line() -> None:
@@ -198,7 +222,14 @@ async def test_real_run_logs_json_with_ids_and_never_a_secret(tmp_path: Path) ->
             assert ok.status_code == 200
             refused = await http.get(admin, headers={"Authorization": f"Bearer {SECRET}"})
             assert refused.status_code == 401
+            # uvicorn's own warning about a broken request must be a JSON line too.
+            reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
             await wait_for(service, "event_synced")
+            await wait_for(service, "Invalid HTTP request")
         finally:
             service.stop()
     assert fake.batch_read_calls >= 1  # the HubSpot token really was used
@@ -210,6 +241,8 @@ async def test_real_run_logs_json_with_ids_and_never_a_secret(tmp_path: Path) ->
     assert len(lines) == len([line for line in output.splitlines() if line.strip()])
     events = [line["event"] for line in lines]
     assert "service_started" in events and "signature_rejected" in events
+    [invalid] = [line for line in lines if "Invalid HTTP request" in line["event"]]
+    assert invalid["logger"] == "uvicorn.error" and invalid["level"] == "warning"
     [synced] = [line for line in lines if line["event"] == "event_synced"]
     assert synced["contact_id"] == CONTACT
     assert isinstance(synced["event_id"], int)
