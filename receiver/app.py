@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -19,7 +20,7 @@ from receiver import routes
 from receiver.context import AppContext
 from receiver.dispatcher import Dispatcher
 from receiver.hubspot import HubSpotClient
-from receiver.logging import get_logger
+from receiver.logging import RequestIdMiddleware, get_logger
 from receiver.mapping import merge_mapping
 from receiver.metrics import Metrics
 from receiver.ratelimit import RequestPacer
@@ -149,7 +150,12 @@ def create_app(
             log.info("service_stopped")
 
     handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _unexpected}
-    return Starlette(routes=_routes(), lifespan=lifespan, exception_handlers=handlers)
+    return Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers=handlers,
+        middleware=[Middleware(RequestIdMiddleware)],  # request_id on every request's lines
+    )
 
 
 def _start_background(ctx: AppContext) -> list[Any]:

@@ -60,6 +60,10 @@ def _database_label(database_url: str) -> str:
 
 
 async def _with_store(settings: Settings, work: Callable[[EventStore], Awaitable[int]]) -> int:
+    from receiver.logging import configure_logging
+
+    # Store warnings go to stderr, never into --json output on stdout.
+    configure_logging("json", "warning", settings.secret_values(), stream=sys.stderr)
     store = make_store(settings.database_url)
     try:
         await store.open()
@@ -231,6 +235,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.ids and not args.state:
         print("give event ids, or --state (e.g. --state failed) with filters", file=sys.stderr)
         return 2
+    if args.state in ("pending", "retrying", "invalid"):
+        print("only synced, skipped and failed events can be replayed", file=sys.stderr)
+        return 2
 
     async def by_ids(store: EventStore) -> int:
         refusals = await store.replay(args.ids, time.time())
@@ -327,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     filters(p)
     p.add_argument("--dry-run", action="store_true", help="only count")
     p = command("purge", cmd_purge, "delete events, e.g. old failed ones")
-    p.add_argument("--state", choices=STATES, required=True)
+    # Open events are acknowledged work still to do: they are never purged.
+    p.add_argument("--state", choices=("synced", "skipped", "failed", "invalid"), required=True)
     p.add_argument("--before", type=_when, required=True)
     p.add_argument("--dry-run", action="store_true", help="only count")
     p = command("send-sample", cmd_send_sample, "send a signed sample batch to a server")

@@ -4,25 +4,26 @@ Two stages run side by side. The *claim loop* leases contacts with due events, f
 their current properties from HubSpot in one batch read and plans each contact. *Target
 workers* (``concurrency`` of them) take every ready job, up to the target's batch size,
 and make one call. Batching comes only from what piles up while a call is in flight: a
-lone event goes out at once. A claim that comes back partial is read while the loop
-waits, so the next batch gathers meanwhile; a full one (a backlog) is read in the
-background while the loop claims on, up to ``FULL_READS`` reads at once, so a backlog
-drains at the HubSpot rate the pacer allows rather than one round trip at a time. The claim loop is woken the moment a
-webhook commit lands and after each recorded round (a contact released may have new
-events), and polls every second for due retries, CLI replays and other instances'
-releases. Work that is due but leased elsewhere waits for one of those, never spins.
+lone event goes out at once. A claim is read while the loop waits, so the next batch
+gathers meanwhile; but a backlog (a full claim whose oldest event waited over
+``BACKLOG_S``) is read in the background while the loop claims on, up to ``FULL_READS``
+at once, so it drains at the rate the HubSpot pacer allows, not one round trip at a
+time. A fresh burst stays on one read at a time, which re-reads fewer contacts.
 
-Leases are not renewed; the wait they cover is bounded instead. The claim loop keeps at
-most a few target calls' worth of jobs per worker in flight, so a job waits briefly in
-the ready queue. A job whose lease is half gone before its remote call starts is dropped
-unrecorded (it is claimed and fetched again); a round that ends after its lease ran out
-is not recorded either, as another claimer may own the contact by then (its upsert is
-repeated, which is harmless: upserts are idempotent). So no two syncs of one contact
-overlap as long as one target call takes less than half the lease (``LEASE_S``, 60 s by
-default, against 15 s HTTP timeouts). On a clean stop the leases still held are released,
-so a restart picks the work up at once.
+The claim loop is woken by each webhook commit and each recorded round (a released
+contact may have new events), and polls every second for due retries, CLI replays and
+other instances' releases. Work due but leased elsewhere waits for those, never spins.
 
-:func:`classify` is the one place where an error becomes retry or ``failed``.
+Leases are not renewed; the wait they cover is bounded instead. At most a few target
+calls' worth of jobs per worker are in flight. A job whose lease is half gone before its
+remote call starts is dropped unrecorded, to be claimed again; a round that ends after
+its lease ran out is not recorded either, as another claimer may own the contact by then
+(the upsert is repeated, which is harmless). So two syncs of one contact never overlap
+while a target call takes less than half the lease (``LEASE_S``, 60 s, against 15 s HTTP
+timeouts). A clean stop releases the leases still held, so a restart resumes at once.
+
+:func:`classify` (defined in :mod:`receiver.retry`, exported here) is the one place where
+an error becomes a delay, a retry or ``failed``.
 """
 
 from __future__ import annotations
@@ -34,18 +35,20 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Protocol
 
-from receiver.exceptions import PermanentError, RateLimited, TransientError, UpstreamError
+from receiver.exceptions import RateLimited, UpstreamError
 from receiver.jobs import Job
 from receiver.logging import get_logger
 from receiver.mapping import hubspot_properties
 from receiver.metrics import Metrics
-from receiver.models import ClaimedContact, ContactUpdate, Outcome, StoredEvent
-from receiver.retry import RetryPolicy
+from receiver.models import ClaimedContact, ContactUpdate, Outcome
+from receiver.retry import RetryPolicy, classify
 from receiver.rules import RoutingConfig, plan_contact
 from receiver.store.base import EventStore
 from receiver.targets.base import Target, UpsertResult
+
+__all__ = ["ContactReader", "Dispatcher", "classify"]
 
 log = get_logger("receiver.dispatcher")
 
@@ -58,6 +61,8 @@ CALLS_AHEAD = 2
 START_WITHIN = 0.5
 #: HubSpot reads of full batches in flight at once while draining a backlog.
 FULL_READS = 3
+#: How long the oldest event of a full claim has waited when the claim is a backlog.
+BACKLOG_S = 1.0
 
 
 class ContactReader(Protocol):
@@ -68,57 +73,6 @@ class ContactReader(Protocol):
     ) -> dict[int, dict[str, str | None]]:
         """Properties of the contacts that exist; missing ones are absent."""
         ...
-
-
-def classify(
-    exc: BaseException,
-    event: StoredEvent,
-    attempt_floor: int,
-    policy: RetryPolicy,
-    now: float,
-    rate_streak: int = 1,
-) -> Outcome:
-    """Map an error on ``event``'s dispatch to its outcome: delay, retry or ``failed``.
-
-    A rate limit uses up no attempt and only delays, for the upstream's ``retry_after``
-    or else by backoff on ``rate_streak``, the count of rate-limit answers in a row
-    (:meth:`RetryPolicy.rate_limit_delay`). Other transient errors
-    use an attempt and back off, until the budget is spent. Anything unexpected is
-    treated as transient, so a bug can never drop an event.
-    """
-    if isinstance(exc, RateLimited):
-        return Outcome(
-            event_id=event.id,
-            state="retrying",
-            error_code=exc.code,
-            error_message=exc.message,
-            next_attempt_at=now + policy.rate_limit_delay(rate_streak, exc.retry_after),
-            counts_attempt=False,
-        )
-    if isinstance(exc, PermanentError):
-        return Outcome(
-            event_id=event.id, state="failed", error_code=exc.code, error_message=exc.message
-        )
-    if isinstance(exc, UpstreamError):
-        code, message = exc.code, exc.message
-    else:
-        code, message = "internal_error", f"{type(exc).__name__}: {exc}"
-    attempt = event.attempts + 1 - attempt_floor
-    if policy.exhausted(attempt):
-        return Outcome(
-            event_id=event.id,
-            state="failed",
-            error_code=code,
-            error_message=f"{message} (gave up after {attempt} attempts)",
-        )
-    retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-    return Outcome(
-        event_id=event.id,
-        state="retrying",
-        error_code=code,
-        error_message=message,
-        next_attempt_at=now + policy.delay(attempt, retry_after),
-    )
 
 
 class Dispatcher:
@@ -252,13 +206,19 @@ class Dispatcher:
         self._in_flight += len(jobs)
         for job in jobs:
             self._leased[job.object_id] = job
-        if self.hubspot is not None and len(claimed) >= self.claim_size:
+        if self._backlog(claimed, now):
             read = asyncio.create_task(self._background(jobs, now), name="dispatcher-read")
             self._reads.add(read)
             read.add_done_callback(self._reads.discard)
         else:
             await self._prepare(jobs, now)
         return True
+
+    def _backlog(self, claimed: Sequence[ClaimedContact], now: float) -> bool:
+        if self.hubspot is None or len(claimed) < self.claim_size:
+            return False
+        oldest = min(e.received_at for c in claimed for e in c.events)
+        return now - oldest > BACKLOG_S
 
     async def _background(self, jobs: list[Job], now: float) -> None:
         try:
@@ -467,8 +427,3 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
-
-
-def describe(dispatcher: Dispatcher) -> dict[str, Any]:
-    """A few internals for debugging."""
-    return {"owner": dispatcher.owner, "in_flight": dispatcher._in_flight}

@@ -4,6 +4,9 @@ Full jitter (a uniform draw between 0 and the exponential ceiling) spreads retri
 many events failing together, so a recovering CRM is not hit by a synchronized wave.
 A ``Retry-After`` from the upstream is a floor: the next attempt never comes earlier.
 
+:func:`classify` is the one place where an error on a dispatch becomes its outcome: a
+delay, a retry or ``failed`` (the dispatcher exports it as ``receiver.dispatcher.classify``).
+
 A rate-limit answer is no failure of the event: it delays the work without using an
 attempt. When the upstream says how long to wait (HubSpot always does, through
 ``Retry-After`` or its policy name) that is the delay, neither shortened nor stretched
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from receiver.exceptions import PermanentError, RateLimited, TransientError, UpstreamError
+from receiver.models import Outcome, StoredEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +59,54 @@ class RetryPolicy:
     def exhausted(self, attempts: int) -> bool:
         """True when ``attempts`` used up the budget."""
         return attempts >= self.max_attempts
+
+
+def classify(
+    exc: BaseException,
+    event: StoredEvent,
+    attempt_floor: int,
+    policy: RetryPolicy,
+    now: float,
+    rate_streak: int = 1,
+) -> Outcome:
+    """Map an error on ``event``'s dispatch to its outcome: delay, retry or ``failed``.
+
+    A rate limit uses up no attempt and only delays, for the upstream's ``retry_after``
+    or else by backoff on ``rate_streak``, the count of rate-limit answers in a row
+    (:meth:`RetryPolicy.rate_limit_delay`). Other transient errors
+    use an attempt and back off, until the budget is spent. Anything unexpected is
+    treated as transient, so a bug can never drop an event.
+    """
+    if isinstance(exc, RateLimited):
+        return Outcome(
+            event_id=event.id,
+            state="retrying",
+            error_code=exc.code,
+            error_message=exc.message,
+            next_attempt_at=now + policy.rate_limit_delay(rate_streak, exc.retry_after),
+            counts_attempt=False,
+        )
+    if isinstance(exc, PermanentError):
+        return Outcome(
+            event_id=event.id, state="failed", error_code=exc.code, error_message=exc.message
+        )
+    if isinstance(exc, UpstreamError):
+        code, message = exc.code, exc.message
+    else:
+        code, message = "internal_error", f"{type(exc).__name__}: {exc}"
+    attempt = event.attempts + 1 - attempt_floor
+    if policy.exhausted(attempt):
+        return Outcome(
+            event_id=event.id,
+            state="failed",
+            error_code=code,
+            error_message=f"{message} (gave up after {attempt} attempts)",
+        )
+    retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+    return Outcome(
+        event_id=event.id,
+        state="retrying",
+        error_code=code,
+        error_message=message,
+        next_attempt_at=now + policy.delay(attempt, retry_after),
+    )

@@ -130,8 +130,10 @@ class Settings(BaseSettings):
     def _database_url(cls, value: str) -> str:
         if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
             return value
-        if value.startswith(("postgresql://", "postgres://")) and urlsplit(value).netloc:
-            return value
+        if value.startswith(("postgresql://", "postgres://")) and value.split("://", 1)[1].strip(
+            "/"
+        ):
+            return value  # an empty host (postgresql:///db) means the local Unix socket
         raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DB")
 
     @field_validator("hubspot_client_secret")

@@ -33,16 +33,19 @@ from receiver.models import (
 )
 from receiver.store.base import IngestResult, ReplayRefusal
 from receiver.store.rows import EVENT_COLUMNS, QmarkParams, event_from_row, filter_sql
+from receiver.store.sqlite_checkpoint import Checkpointer
 from receiver.store.sqlite_ingest import SQLiteIngest
 from receiver.store.sqlite_schema import MIGRATIONS
 from receiver.store.write_lock import WriteLock
 
-# Every connection: wait for another process's write lock (the CLI) rather than fail, and
-# flush the WAL on every commit, so an acknowledged event survives a power loss.
+# Every connection: wait for another process's write lock (the CLI) rather than fail;
+# flush the WAL on every commit, so an acknowledged event survives a power loss; and
+# leave checkpoints to the checkpoint thread, off the commit path (sqlite_checkpoint.py).
 PRAGMAS = (
     "PRAGMA busy_timeout = 10000",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
+    "PRAGMA wal_autocheckpoint = 0",
 )
 
 _OPEN = "state IN ('pending', 'retrying')"
@@ -67,30 +70,45 @@ class SQLiteStore:
         # Webhook commits go before the dispatcher's writes (see write_lock.py).
         self._lock = WriteLock()
         self._ingest: SQLiteIngest | None = None
+        self._checkpointer: Checkpointer | None = None
         self._listeners: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in PRAGMAS:
-            await conn.execute(pragma)
+        try:
+            for pragma in PRAGMAS:
+                await conn.execute(pragma)
+        except BaseException:  # e.g. not a database: do not leak the connection's thread
+            await conn.close()
+            raise
         return conn
 
     def _connect_ingest(self) -> sqlite3.Connection:
         # Used by the ingest thread only; not pinned to it, so a test may trace it.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in PRAGMAS:
-            conn.execute(pragma)
+        try:
+            for pragma in PRAGMAS:
+                conn.execute(pragma)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def open(self) -> None:
         """Connect, migrate the schema and start the group-commit writer."""
-        self._w = await self._connect()
-        await self._migrate(self._w)
-        self._r = await self._connect()
-        self._ingest = SQLiteIngest(self._connect_ingest, self._lock, self._committed)
-        await self._ingest.open()
+        try:
+            self._w = await self._connect()
+            await self._migrate(self._w)
+            self._r = await self._connect()
+            self._ingest = SQLiteIngest(self._connect_ingest, self._lock, self._committed)
+            await self._ingest.open()
+            self._checkpointer = Checkpointer(self._connect_ingest)
+            self._checkpointer.start()
+        except BaseException:
+            await self.close()  # leave no connection or thread behind
+            raise
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         await conn.execute("BEGIN IMMEDIATE")
@@ -116,6 +134,9 @@ class SQLiteStore:
             if conn is not None:
                 await conn.close()
         self._w = self._r = None
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
 
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each commit of new events."""

@@ -206,11 +206,6 @@ def test_database_that_cannot_be_opened_is_one_line_and_exit_1(
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug reported: SQLiteStore.open leaks its aiosqlite connection (a non-daemon"
-    " thread) when a PRAGMA fails, so the process never exits",
-)
 def test_corrupt_database_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
     (tmp_path / "stagesync.db").write_bytes(b"this is not a database" * 100)
     result = run_cli({}, "events", cwd=tmp_path, timeout=5)
