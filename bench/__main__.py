@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, module in modules.items():
             summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
-            print(f"{name:<12} {'(default) ' if getattr(module, 'DEFAULT', False) else ''}{summary}")
+            default = "(default) " if getattr(module, "DEFAULT", False) else ""
+            print(f"{name:<12} {default}{summary}")
         return 0
     names = args.scenario or [n for n, m in modules.items() if getattr(m, "DEFAULT", False)]
     unknown = [n for n in names if n not in modules]

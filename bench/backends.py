@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 POSTGRES_ENV = "STAGESYNC_TEST_POSTGRES_DSN"
 
@@ -82,13 +82,12 @@ class PostgresBackend:
 
     def fresh_url(self) -> str:
         """A new ``stagesync_bench_*`` database, or the DSN's own if that is refused."""
-        parts = urlsplit(self.dsn)
         db = f"stagesync_bench_{secrets.token_hex(4)}"
         try:
             asyncio.run(self._execute(self.dsn, f'CREATE DATABASE "{db}"'))
         except Exception:
             return self.dsn
-        url = urlunsplit(parts._replace(path="/" + db))
+        url = with_database(self.dsn, db)
         self._made.add(url)
         return url
 
@@ -124,6 +123,13 @@ class PostgresBackend:
             await conn.execute(sql)
         finally:
             await conn.close()
+
+
+def with_database(dsn: str, db: str) -> str:
+    """``dsn`` naming database ``db`` instead; keeps an empty host (a Unix socket DSN)."""
+    parts = urlsplit(dsn)
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}/{db}{query}"
 
 
 def postgres_store_exists() -> bool:

@@ -7,10 +7,12 @@ fake HubSpot in the bench's own process answering after ``--drain-hubspot-latenc
 ``--drain-rates`` (``HUBSPOT_RATE_LIMIT``, calls per 10 s; HubSpot's lowest private-app
 limit, 100, is the default), and without a token.
 
-Reported: time to drain, events/s and contacts/s, HubSpot reads and ids per read, calls/s
-over the whole drain and in steady state (after the first ``rate`` calls, which the
-sliding window lets through as fast as HubSpot answers), 429s received (the service
-paces itself, so none are expected) and the ceiling the configured rate allows.
+The fake enforces the configured limit as HubSpot does, counting calls as they arrive
+(``--drain-no-enforce`` turns that off, to see the pacer alone). Reported: time to
+drain, events/s and contacts/s, HubSpot reads and ids per read, calls/s over the whole
+drain and in steady state (after the first ``rate`` calls, which the sliding window lets
+through as fast as HubSpot answers), the most calls that arrived within any 10 s, 429s
+received (each pauses every read for 10 s) and the ceiling the configured rate allows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import time
 
 import httpx
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.backends import Backend, select_backends
 from bench.e2e import service_env, serving, settle
@@ -59,11 +62,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HubSpot calls per 10 s to run with a token (default 100,50)",
     )
     group.add_argument(
+        "--drain-no-enforce",
+        action="store_true",
+        help="let the fake HubSpot answer past the rate limit (default: it answers 429)",
+    )
+    group.add_argument(
         "--drain-hubspot-latency",
         type=float,
         default=0.1,
         help="fake HubSpot answer time, s (0.1)",
     )
+
+
+class Arrivals:
+    """The fake's app, noting when each batch read arrives (``time.monotonic``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.times: list[float] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/batch/read"):
+            self.times.append(time.monotonic())
+        await self.app(scope, receive, send)
+
+    def most_in(self, window_s: float) -> int:
+        """The most arrivals within any ``window_s`` seconds."""
+        most = start = 0
+        for end, t in enumerate(self.times):
+            while self.times[start] <= t - window_s:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
 
 
 async def _store_backlog(url: str, events: int, contacts: int) -> None:
@@ -89,12 +119,13 @@ async def _measure(backend: Backend, args: argparse.Namespace, rate: int | None)
             for i in range(contacts)
         },
         latency_s=args.drain_hubspot_latency,
-        limit_per_10s=rate,  # the real limit, enforced: a 429 would show we overran it
+        limit_per_10s=None if args.drain_no_enforce else rate,
     )
+    arrivals = Arrivals(fake.app)
     url = backend.fresh_url()
     try:
         await _store_backlog(url, events, contacts)
-        async with running_server(fake.app) as hubspot_url:
+        async with running_server(arrivals) as hubspot_url:
             extra = {}
             if rate is not None:
                 extra = {
@@ -130,6 +161,7 @@ async def _measure(backend: Backend, args: argparse.Namespace, rate: int | None)
         "calls/s": calls / elapsed if rate is not None else None,
         "steady calls/s": steady,
         "allowed calls/s": rate / 10 if rate is not None else None,
+        "max calls/10s": arrivals.most_in(10.0) if rate is not None else None,
         "429s": fake.answers.count(429) if rate is not None else None,
         "synced": counts.get("synced", 0),
         "failed": counts.get("failed", 0),

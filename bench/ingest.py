@@ -30,6 +30,7 @@ P99_MS_MAX = 50.0  # batches of 100 at concurrency 10
 EVENTS_PER_S_MIN = 30_000.0  # batches of 100
 BARE_SHARE_MIN = 0.30  # single-event requests, service req/s over bare req/s
 BARE_SHARE_AIM = 0.45
+DEFAULT_CONTACTS = 100_000
 
 
 def _ints(text: str) -> list[int]:
@@ -54,6 +55,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[10, 50],
         help="concurrent connections, HubSpot's default is 10 (default 10,50)",
     )
+    group.add_argument(
+        "--contacts",
+        type=int,
+        default=DEFAULT_CONTACTS,
+        help="spread events over this many contacts at random; 0: a new contact per event"
+        f" (default {DEFAULT_CONTACTS:,})",
+    )
+    group.add_argument(
+        "--no-ingest-only",
+        dest="ingest_only",
+        action="store_false",
+        help="skip the runs of the service with its dispatcher paused",
+    )
 
 
 class _Measurement:
@@ -62,10 +76,13 @@ class _Measurement:
     def __init__(self, server: servers.Server, load: Load, args: argparse.Namespace) -> None:
         warm = Load(args.warmup, load.connections, load.threads, load.batch)
         nonces = random.sample(range(1000, 9000), 2)
-        self.warm = run_wrk(server.url, warm, args.secret, nonces[0]) if args.warmup else None
+        contacts = args.contacts
+        self.warm = (
+            run_wrk(server.url, warm, args.secret, nonces[0], contacts) if args.warmup else None
+        )
         cpu_before = server.cpu_seconds()
         profiler = _start_profiler(server, load, args)
-        self.main = run_wrk(server.url, load, args.secret, nonces[1])
+        self.main = run_wrk(server.url, load, args.secret, nonces[1], contacts)
         if profiler is not None:
             profiler.wait()
         self.server_cpu = (server.cpu_seconds() - cpu_before) / self.main.duration_s
@@ -112,9 +129,7 @@ def _goal(backend: str, load: Load, result: WrkResult, share: float | None) -> s
     return ""
 
 
-def _row(
-    target: str, m: _Measurement, share: float | None, vs_sqlite: float | None
-) -> Row:
+def _row(target: str, m: _Measurement, share: float | None, vs_sqlite: float | None) -> Row:
     r = m.main
     return {
         "server": target,
@@ -134,11 +149,13 @@ def _row(
     }
 
 
-def _run_service(backend: Backend, load: Load, args: argparse.Namespace) -> _Measurement:
+def _run_service(
+    backend: Backend, load: Load, args: argparse.Namespace, ingest_only: bool
+) -> _Measurement:
     url = backend.fresh_url()
     try:
         before = backend.count_events(url)
-        with servers.service(url, args.secret, args.workdir) as server:
+        with servers.service(url, args.secret, args.workdir, ingest_only=ingest_only) as server:
             before = max(before, backend.count_events(url))
             m = _Measurement(server, load, args)
         stored = backend.count_events(url) - before
@@ -153,8 +170,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     backends, notes = select_backends(args.workdir, args.backends, args.postgres)
     for note in notes:
         print(f"bench: {note}", file=sys.stderr)
+    variants = [False, True] if args.ingest_only else [False]
     rows: list[Row] = []
-    native_warned = False
     for batch in args.batches:
         for conns in args.connections:
             load = Load(args.duration, conns, args.threads, batch)
@@ -166,17 +183,28 @@ def run(args: argparse.Namespace) -> list[Row]:
                     m = _Measurement(server, load, args)
                 bare_rps = m.main.requests_per_s
                 rows.append(_row("bare", m, None, None))
-            sqlite_eps = None
-            for backend in backends:
-                print(f"bench: ingest {backend.name} {label}", file=sys.stderr)
-                m = _run_service(backend, load, args)
-                if not native_warned and set(m.native) != {"uvloop", "httptools"}:
-                    native_warned = True
-                    print(f"bench: the service runs without uvloop/httptools ({m.native})")
-                share = m.main.requests_per_s / bare_rps if bare_rps else None
-                eps = m.main.events_per_s
-                vs_sqlite = eps / sqlite_eps if sqlite_eps and backend.name != "sqlite" else None
-                if backend.name == "sqlite":
-                    sqlite_eps = eps
-                rows.append(_row(backend.name, m, share, vs_sqlite))
+            for ingest_only in variants:
+                sqlite_eps = None
+                for backend in backends:
+                    name = backend.name + (" ingest-only" if ingest_only else "")
+                    print(f"bench: ingest {name} {label}", file=sys.stderr)
+                    m = _run_service(backend, load, args, ingest_only)
+                    _warn_without_fast_paths(m)
+                    share = m.main.requests_per_s / bare_rps if bare_rps else None
+                    eps = m.main.events_per_s
+                    vs_sqlite = None
+                    if backend.name == "sqlite":
+                        sqlite_eps = eps
+                    elif sqlite_eps:
+                        vs_sqlite = eps / sqlite_eps
+                    rows.append(_row(name, m, share, vs_sqlite))
     return rows
+
+
+_warned: list[bool] = []
+
+
+def _warn_without_fast_paths(m: _Measurement) -> None:
+    if not _warned and set(m.native) != {"uvloop", "httptools"}:
+        _warned.append(True)
+        print(f"bench: the service runs without uvloop/httptools (loaded: {m.native})")

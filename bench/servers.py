@@ -127,8 +127,13 @@ def _start(name: str, argv: list[str], env: dict[str, str], port: int, workdir: 
 
 
 @contextlib.contextmanager
-def service(database_url: str, secret: str, workdir: Path) -> Iterator[Server]:
-    """The real service (``python -m receiver serve``), dry-run target, warnings only."""
+def service(
+    database_url: str, secret: str, workdir: Path, *, ingest_only: bool = False
+) -> Iterator[Server]:
+    """The real service (``python -m receiver serve``), dry-run target, warnings only.
+
+    ``ingest_only`` runs it with the dispatcher paused (:mod:`bench.ingest_only`).
+    """
     port = free_port()
     env = _clean_env(
         {
@@ -138,8 +143,9 @@ def service(database_url: str, secret: str, workdir: Path) -> Iterator[Server]:
             "STAGESYNC_TARGET": "dry-run",
         }
     )
-    argv = [sys.executable, "-m", "receiver", "serve", "--host", HOST, "--port", str(port)]
-    server = _start("service", argv, env, port, workdir)
+    module = "bench.ingest_only" if ingest_only else "receiver"
+    argv = [sys.executable, "-m", module, "serve", "--host", HOST, "--port", str(port)]
+    server = _start("ingest-only" if ingest_only else "service", argv, env, port, workdir)
     try:
         yield server
     finally:

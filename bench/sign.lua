@@ -2,9 +2,12 @@
 -- HubSpot's v3 signature (base64 HMAC-SHA256 of method + uri + body + timestamp).
 --
 -- Arguments (after `--` on the wrk command line):
---   secret batch nonce [stage ...]
+--   secret batch nonce contacts [stage ...]
 -- `nonce` (1000-8999) keeps event ids unique across runs on one database; each wrk
 -- thread numbers its events itself, so no two events of a run share an eventId.
+-- `contacts` > 0 draws each event's objectId uniformly from 1..contacts (lifecycle
+-- changes across a portal); 0 gives every event a contact of its own, with increasing
+-- ids (an import).
 --
 -- SHA-256, HMAC and base64 are pure LuaJIT on the `bit` library (wrk embeds LuaJIT and
 -- ships no crypto). The HMAC key's inner and outer pad blocks are hashed once in
@@ -136,15 +139,16 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local batch, nonce, stages, uri, counter, thread_id
+local batch, nonce, contacts, stages, uri, counter, thread_id
 local events = {}
 
 function init(args)
   hmac_init(args[1])
   batch = tonumber(args[2])
   nonce = tonumber(args[3])
+  contacts = tonumber(args[4]) or 0
   stages = {}
-  for i = 4, #args do stages[#stages + 1] = args[i] end
+  for i = 5, #args do stages[#stages + 1] = args[i] end
   if #stages == 0 then stages = { "lead", "customer" } end
   -- Starlette signs against str(request.url): scheme, the Host header wrk sends, path.
   local host = wrk.host
@@ -152,6 +156,7 @@ function init(args)
   uri = wrk.scheme .. "://" .. host .. wrk.path
   thread_id = tonumber(_G.tid) or 0 -- set by setup() through thread:set
   counter = 0
+  math.randomseed(nonce * 100 + thread_id)
 end
 
 function request()
@@ -160,7 +165,12 @@ function request()
     counter = counter + 1
     -- 16 digits at most (nonce 4, thread 2, counter 10): below 2^53, exact everywhere.
     local event_id = fmt("%d%02d%010d", nonce, thread_id, counter)
-    local object_id = fmt("%d%02d%07d", nonce % 100 + 1, thread_id, counter % 10000000)
+    local object_id
+    if contacts > 0 then
+      object_id = math.random(1, contacts)
+    else
+      object_id = fmt("%d%02d%07d", nonce % 100 + 1, thread_id, counter % 10000000)
+    end
     events[i] = '{"eventId":' .. event_id .. ',"subscriptionId":4065,"portalId":62515,'
       .. '"appId":1160452,"occurredAt":' .. now_ms .. ',"subscriptionType":'
       .. '"contact.propertyChange","attemptNumber":0,"objectId":' .. object_id

@@ -51,9 +51,7 @@ def ensure_py_spy() -> str:
     if found:
         return found
     print("bench: installing py-spy into the venv (pip install py-spy)", file=sys.stderr)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True
-    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True)
     if not os.path.exists(local):
         raise BenchError("pip installed py-spy but it is not next to this Python")
     return local

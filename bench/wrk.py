@@ -75,11 +75,12 @@ class WrkResult:
         return ", ".join(parts)
 
 
-def run_wrk(url: str, load: Load, secret: str, nonce: int) -> WrkResult:
+def run_wrk(url: str, load: Load, secret: str, nonce: int, contacts: int = 0) -> WrkResult:
     """Run wrk against ``url`` for ``load`` with signed unique events, and parse its result.
 
     ``nonce`` (1000-8999) goes into every event id, so separate runs on one database never
-    produce duplicates.
+    produce duplicates. ``contacts`` > 0 spreads events over that many contacts at
+    random; 0 gives each event a new contact.
     """
     argv = [
         ensure_wrk(),
@@ -93,6 +94,7 @@ def run_wrk(url: str, load: Load, secret: str, nonce: int) -> WrkResult:
         secret,
         str(load.batch),
         str(nonce),
+        str(contacts),
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, capture_output=True, text=True)

@@ -276,8 +276,11 @@ class Dispatcher:
             else:
                 job.resolve_from_webhook(self.routing, self.mappings)
 
-    def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException, api: str) -> None:
-        if isinstance(exc, RateLimited):
+    def _fail_jobs(
+        self, jobs: Sequence[Job], exc: BaseException, api: str, count_streak: bool = True
+    ) -> None:
+        # One answer is one rate-limit step, however many records it refused.
+        if count_streak and isinstance(exc, RateLimited):
             self._rate_streak[api] += 1
         now = self.clock()
         for job in jobs:
@@ -339,12 +342,14 @@ class Dispatcher:
         except Exception as exc:
             self._fail_jobs(upserts, exc, "target")
             return
+        if any(isinstance(r, RateLimited) for r in results):
+            self._rate_streak["target"] += 1
         for job, result in zip(upserts, results, strict=True):
             if isinstance(result, UpstreamError):
-                self._fail_jobs([job], result, "target")
+                self._fail_jobs([job], result, "target", count_streak=False)
             else:
                 self._synced(job, result)
-        if any(not isinstance(r, RateLimited) for r in results):
+        if all(not isinstance(r, RateLimited) for r in results):
             self._rate_streak["target"] = 0
 
     def _synced(self, job: Job, result: UpsertResult) -> None:

@@ -162,8 +162,8 @@ class HubSpotClient:
     async def _read_chunk(
         self, chunk: list[int], properties: list[str], now: float
     ) -> dict[int, Properties]:
-        await self._pacer.acquire()
         body = {"inputs": [{"id": str(i)} for i in chunk], "properties": properties}
+        await self._pacer.acquire()
         try:
             response = await self._http.post(
                 self._url,
@@ -177,6 +177,8 @@ class HubSpotClient:
             raise self._network_error("connect_error", "could not connect", exc) from None
         except httpx.TransportError as exc:
             raise self._network_error("network_error", "failed", exc) from None
+        finally:
+            self._pacer.done()
 
         status = response.status_code
         self._record(_status_class(status))

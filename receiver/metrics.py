@@ -29,9 +29,7 @@ class Metrics:
             "stagesync_events_received", "Events in signed, parsed webhook requests", registry=r
         )
         self.accepted = Counter("stagesync_events_accepted", "New events stored", registry=r)
-        self.duplicate = Counter(
-            "stagesync_events_duplicate", "Events already stored", registry=r
-        )
+        self.duplicate = Counter("stagesync_events_duplicate", "Events already stored", registry=r)
         self.invalid = Counter("stagesync_events_invalid", "Malformed events", registry=r)
         self.ack_seconds = Histogram(
             "stagesync_ack_seconds",
@@ -51,9 +49,7 @@ class Metrics:
             buckets=SYNC_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge(
-            "stagesync_queue_depth", "Events by state", ["state"], registry=r
-        )
+        self.queue_depth = Gauge("stagesync_queue_depth", "Events by state", ["state"], registry=r)
         self.oldest_pending = Gauge(
             "stagesync_oldest_pending_seconds",
             "Age of the oldest pending or retrying event (0 when none)",
@@ -65,9 +61,7 @@ class Metrics:
             ["api", "status"],
             registry=r,
         )
-        self.retries = Counter(
-            "stagesync_retries_scheduled", "Retries scheduled", registry=r
-        )
+        self.retries = Counter("stagesync_retries_scheduled", "Retries scheduled", registry=r)
 
     def hubspot_call(self, status: str) -> None:
         """Count one HubSpot call by status class."""

@@ -15,6 +15,7 @@ a fake clock whose ``sleep`` advances it, so nothing sleeps for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,10 @@ class RequestPacer:
         self._clock = clock
         self._sleep = sleep
         self._sent: deque[float] = deque()
+        # Start stamps of calls not yet ``done()``. A finished call is re-stamped with
+        # its end time: the upstream counts arrivals, and a call stamped at its start
+        # can arrive in the next window, one too many there.
+        self._starts: deque[float] = deque()
         self._paused_until = float("-inf")
         # Serialises waiters so they are served in arrival order and only the head of
         # the queue polls the clock; asyncio.Lock is FIFO.
@@ -86,9 +91,20 @@ class RequestPacer:
             while True:
                 wait = self.delay()
                 if wait <= 0:
-                    self._sent.append(self._clock())
+                    started = self._clock()
+                    self._sent.append(started)
+                    self._starts.append(started)
                     return
                 await self._sleep(wait)
+
+    def done(self) -> None:
+        """Count a call acquired with :meth:`acquire` as finished (call it in ``finally``)."""
+        if not self._starts:
+            return
+        started = self._starts.popleft()
+        with contextlib.suppress(ValueError):  # already left the window
+            self._sent.remove(started)
+        self._sent.append(self._clock())
 
     def _expire(self, now: float) -> None:
         horizon = now - self.interval_s

@@ -88,11 +88,14 @@ class NotifyListener:
                 log.info("notify_listener_reconnected")
                 self._on_wake()
             while not lost.is_set():
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), KEEPALIVE_S)
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        await lost.wait()
                 if not lost.is_set():
                     # A half-open TCP connection raises nothing until we use it.
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), KEEPALIVE_S)
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        await conn.fetchval("SELECT 1")
             raise ConnectionError("the LISTEN connection was closed by the server")
         finally:
             self.connected.clear()

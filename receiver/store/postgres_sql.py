@@ -49,12 +49,13 @@ RETURNING dedup_key
 
 CLAIM_CANDIDATES = f"""
 SELECT object_id FROM (
-    SELECT id, object_id FROM events
-    WHERE {OPEN_SQL} AND next_attempt_at <= $1 ORDER BY id LIMIT $2
+    SELECT id, object_id FROM events e
+    WHERE {OPEN_SQL} AND next_attempt_at <= $1
+      AND NOT EXISTS (
+        SELECT 1 FROM contact_leases l WHERE l.object_id = e.object_id AND l.until > $1
+      )
+    ORDER BY id LIMIT $2
 ) AS due
-WHERE NOT EXISTS (
-    SELECT 1 FROM contact_leases l WHERE l.object_id = due.object_id AND l.until > $1
-)
 GROUP BY object_id ORDER BY min(id) LIMIT $3
 """
 # Only missing rows are inserted: ON CONFLICT on an existing row would wait for any

@@ -11,7 +11,6 @@ is never held back. Reads use a third connection, which WAL lets run beside writ
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,19 +32,16 @@ from receiver.models import (
 )
 from receiver.store.base import IngestResult, ReplayRefusal
 from receiver.store.rows import EVENT_COLUMNS, QmarkParams, event_from_row, filter_sql
-from receiver.store.sqlite_checkpoint import Checkpointer
 from receiver.store.sqlite_ingest import SQLiteIngest
 from receiver.store.sqlite_schema import MIGRATIONS
 from receiver.store.write_lock import WriteLock
 
-# Every connection: wait for another process's write lock (the CLI) rather than fail;
-# flush the WAL on every commit, so an acknowledged event survives a power loss; and
-# leave checkpoints to the checkpoint thread, off the commit path (sqlite_checkpoint.py).
+# Every connection: wait for another process's write lock (the CLI) rather than fail,
+# and flush the WAL on every commit, so an acknowledged event survives a power loss.
 PRAGMAS = (
     "PRAGMA busy_timeout = 10000",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
-    "PRAGMA wal_autocheckpoint = 0",
 )
 
 _OPEN = "state IN ('pending', 'retrying')"
@@ -70,7 +66,6 @@ class SQLiteStore:
         # Webhook commits go before the dispatcher's writes (see write_lock.py).
         self._lock = WriteLock()
         self._ingest: SQLiteIngest | None = None
-        self._checkpointer: Checkpointer | None = None
         self._listeners: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -104,8 +99,6 @@ class SQLiteStore:
             self._r = await self._connect()
             self._ingest = SQLiteIngest(self._connect_ingest, self._lock, self._committed)
             await self._ingest.open()
-            self._checkpointer = Checkpointer(self._connect_ingest)
-            self._checkpointer.start()
         except BaseException:
             await self.close()  # leave no connection or thread behind
             raise
@@ -134,9 +127,6 @@ class SQLiteStore:
             if conn is not None:
                 await conn.close()
         self._w = self._r = None
-        if self._checkpointer is not None:
-            await asyncio.to_thread(self._checkpointer.stop)
-            self._checkpointer = None
 
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each commit of new events."""
@@ -187,12 +177,15 @@ class SQLiteStore:
                     f"""
                     SELECT object_id FROM (
                         SELECT id, object_id FROM events
-                        WHERE {_OPEN} AND next_attempt_at <= ? ORDER BY id LIMIT ?
+                        WHERE {_OPEN} AND next_attempt_at <= ?
+                          AND object_id NOT IN (
+                            SELECT object_id FROM contact_leases WHERE until > ?
+                          )
+                        ORDER BY id LIMIT ?
                     ) AS due
-                    WHERE object_id NOT IN (SELECT object_id FROM contact_leases WHERE until > ?)
                     GROUP BY object_id ORDER BY min(id) LIMIT ?
                     """,
-                    (now, CLAIM_SCAN, now, max_contacts),
+                    (now, now, CLAIM_SCAN, max_contacts),
                 ) as cur:
                     ids = [row[0] for row in await cur.fetchall()]
                 if not ids:
@@ -308,9 +301,7 @@ class SQLiteStore:
     async def counts(self) -> dict[str, dict[str, int]]:
         """Events per state and reason, from the trigger-kept counts table."""
         out: dict[str, dict[str, int]] = {}
-        async with self._rc.execute(
-            "SELECT state, reason, n FROM event_counts WHERE n > 0"
-        ) as cur:
+        async with self._rc.execute("SELECT state, reason, n FROM event_counts WHERE n > 0") as cur:
             for state, reason, n in await cur.fetchall():
                 out.setdefault(state, {})[reason] = n
         return out
@@ -325,9 +316,7 @@ class SQLiteStore:
 
     async def last_synced_at(self) -> float | None:
         """When an event last ended ``synced``."""
-        async with self._rc.execute(
-            "SELECT value FROM meta WHERE key = 'last_synced_at'"
-        ) as cur:
+        async with self._rc.execute("SELECT value FROM meta WHERE key = 'last_synced_at'") as cur:
             row = await cur.fetchone()
         return float(row[0]) if row else None
 
@@ -483,7 +472,9 @@ class SQLiteStore:
             async with self._lock:
                 await conn.execute("BEGIN IMMEDIATE")
                 try:
-                    await conn.execute(f"DELETE FROM event_history WHERE event_id IN ({marks})", ids)
+                    await conn.execute(
+                        f"DELETE FROM event_history WHERE event_id IN ({marks})", ids
+                    )
                     cur2 = await conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
                     total += cur2.rowcount
                     await conn.execute("COMMIT")

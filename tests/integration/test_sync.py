@@ -174,7 +174,7 @@ async def test_a_lone_event_after_a_quiet_period_is_fetched_at_once(tmp_path: Pa
         started = time.monotonic()
         await svc.send([event(9, "lead")])
         await svc.settle(1)
-        assert time.monotonic() - started < 0.4  # one 100 ms read, no timer
+        assert time.monotonic() - started < 0.5  # one 100 ms read, no timer (polls are 1 s)
         assert fake.ids_per_call == [1]
 
 

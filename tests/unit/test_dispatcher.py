@@ -78,10 +78,7 @@ class Rig:
                 frozenset(DEFAULT_LEAD_STAGES), frozenset(DEFAULT_CONTACT_STAGES), on_delete
             ),
             retry=kw.pop("retry", RetryPolicy(base_s=5, max_s=60, max_attempts=10)),
-            mappings={
-                k: self.target.default_mapping(k)  # type: ignore[arg-type]
-                for k in ("lead", "contact")
-            },
+            mappings={k: self.target.default_mapping(k) for k in ("lead", "contact")},
             clock=self.clock,
             **kw,
         )
@@ -363,6 +360,23 @@ async def test_target_rate_limits_use_no_attempt_and_back_off_by_streak() -> Non
         assert [h.outcome for h in await rig.store.history(eid)] == ["synced"]
 
 
+async def test_many_rate_limited_records_in_one_answer_count_as_one_rate_limit() -> None:
+    target = ScriptedTarget(gate=asyncio.Event())
+    ids_ = list(range(40, 60))
+    for i in ids_:
+        target.fail_record(i, rate_limited())
+    async with running(target=target) as rig:
+        (hold,) = await rig.send(stage_event(39, "lead"))
+        await rig.until(lambda: target.calls == 1)
+        sent = await rig.send(*(stage_event(i, "lead") for i in ids_))
+        target.gate.set()  # type: ignore[union-attr]
+        waiting = await rig.final(*sent, states=("retrying",))
+        ceiling = RetryPolicy(5, 60).ceiling(1)
+        for e in waiting:
+            assert rig.store.next_attempt_at(e.id) - e.updated_at <= ceiling
+        assert target.batch_calls == 1
+
+
 async def test_per_record_errors_in_a_batch_fail_only_that_record() -> None:
     target = ScriptedTarget(gate=asyncio.Event())
     target.fail_record(21, permanent("REQUIRED_FIELD_MISSING", "LastName"))
@@ -374,6 +388,17 @@ async def test_per_record_errors_in_a_batch_fail_only_that_record() -> None:
         done = await rig.final(hold, *ids)
         assert [e.state for e in done] == ["synced", "synced", "failed", "synced"]
         assert target.batch_calls == 1 and done[2].last_error_code == "REQUIRED_FIELD_MISSING"
+
+
+async def test_a_merge_syncs_the_primary_contact() -> None:
+    reader = Reader({38: {"lifecyclestage": "customer", "email": "p@example.com"}})
+    async with running(hubspot=reader) as rig:
+        merge = event(37, subscription_type="contact.merge", primaryObjectId=38)
+        (eid,) = await rig.send(merge)
+        (done,) = await rig.final(eid)
+        assert (done.object_id, done.state, done.target_kind) == (38, "synced", "contact")
+        assert reader.calls == [[38]] and rig.target.kinds(38) == {"contact"}
+        assert rig.target.kinds(37) == set()
 
 
 # -- deletions ------------------------------------------------------------------------------
@@ -549,7 +574,7 @@ async def test_a_failing_store_write_loses_nothing_and_frees_the_slot() -> None:
                 raise failures.pop()
             await real(*args)
 
-        rig.store.record = flaky  # type: ignore[method-assign]
+        rig.store.record = flaky  # type: ignore[method-assign,assignment]
         (eid,) = await rig.send(stage_event(36, "lead"))
         await rig.until(lambda: not failures)
         await asyncio.sleep(0.02)
@@ -558,4 +583,3 @@ async def test_a_failing_store_write_loses_nothing_and_frees_the_slot() -> None:
         rig.dispatcher.wake()
         (done,) = await rig.final(eid)
         assert done.state == "synced"
-

@@ -174,9 +174,6 @@ async def test_request_id_middleware_binds_one_id_per_request() -> None:
     assert not any(" " in i for i in ids)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug reported: receiver/app.py does not install RequestIdMiddleware"
-)
 async def test_webhook_log_lines_carry_a_request_id(tmp_path: Path) -> None:
     out = io.StringIO()
     configure_logging("json", "info", stream=out)

@@ -46,6 +46,19 @@ async def test_acquire_returns_at_once_while_the_window_has_room() -> None:
     assert clock.sleeps == []
 
 
+async def test_a_finished_call_counts_in_the_window_from_its_end_not_its_start() -> None:
+    clock = FakeClock(start=0.0)
+    p = pacer(2, 10.0, clock)
+    await p.acquire()  # t=0
+    await p.acquire()  # t=0
+    clock.now = 3.0
+    p.done()  # arrived upstream as late as t=3
+    p.done()
+    clock.now = 10.5
+    await p.acquire()  # a start stamp would have left at t=10; the end stamp leaves at 13
+    assert clock.now == 13.0
+
+
 async def test_acquire_sleeps_until_the_oldest_call_leaves_the_window() -> None:
     clock = FakeClock(start=0.0)
     p = pacer(2, 10.0, clock)
