@@ -366,7 +366,7 @@ async def test_many_rate_limited_records_in_one_answer_count_as_one_rate_limit()
     for i in ids_:
         target.fail_record(i, rate_limited())
     async with running(target=target) as rig:
-        (hold,) = await rig.send(stage_event(39, "lead"))
+        (_hold,) = await rig.send(stage_event(39, "lead"))
         await rig.until(lambda: target.calls == 1)
         sent = await rig.send(*(stage_event(i, "lead") for i in ids_))
         target.gate.set()  # type: ignore[union-attr]
