@@ -265,7 +265,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY:
             raise BadParam(f"the body must be at most {MAX_BODY} bytes")
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(body) if body.strip() else {}  # every filter is optional
     except orjson.JSONDecodeError:
         raise BadParam(
             'the body must be a JSON object such as {"state": "failed"} ({} replays everything)'

@@ -56,7 +56,8 @@ def _when(value: str) -> float:
 def _database_label(database_url: str) -> str:
     """The database URL without credentials, for messages."""
     scheme, _, rest = database_url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+    # A password may sit before the "@" or in the query (?password=...): drop both.
+    return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
 
 
 async def _with_store(settings: Settings, work: Callable[[EventStore], Awaitable[int]]) -> int:
@@ -135,7 +136,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print("configuration OK")
     print(f"  target:          {settings.target}")
-    print(f"  database:        {settings.database_url.split('@')[-1]}")
+    print(f"  database:        {_database_label(settings.database_url)}")
     print(f"  lead stages:     {', '.join(settings.lead_stages)}")
     print(f"  contact stages:  {', '.join(settings.contact_stages)}")
     print(f"  hubspot fetch:   {'on' if settings.hubspot_token else 'off (webhook data only)'}")

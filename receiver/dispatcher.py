@@ -419,6 +419,8 @@ class Dispatcher:
         assert self.metrics is not None
         received: dict[int, float] = {e.id: e.received_at for j in jobs for e in j.claimed.events}
         for o in outcomes:
+            if not o.counts_attempt:  # a rate-limit delay or a wait: no outcome yet
+                continue
             self.metrics.outcomes.labels(state=o.state, reason=o.reason or "").inc()
             if o.state == "retrying":
                 self.metrics.retries.inc()

@@ -12,11 +12,13 @@ Every way a call can end is mapped once, here, onto the error tree of
 * ``429``: :class:`RateLimited`, which delays the work without using an attempt. The
   delay (:func:`rate_limit_delay`) honours ``Retry-After``, else the policy.
 * ``5xx``, ``408``, timeouts and network errors: :class:`TransientError`.
-* ``401`` / ``403`` and every other ``4xx``: :class:`PermanentError` with HubSpot's
-  ``category`` and ``message``. A private-app token never refreshes and HubSpot says a
-  401 is no sign that one should, so retrying cannot help. The price: while a token is
-  revoked or lacks a scope every event fails at once, and has to be replayed by hand
-  (``stagesync replay --state failed``) once the token is fixed.
+* ``401``: :class:`AuthExpired`, transient. A private-app token has no refresh step,
+  but an operator who rotates a token restarts with the new one; until then events
+  back off and use attempts (SPEC: an expired token is transient) instead of all
+  failing at once.
+* ``403`` (a missing scope) and every other ``4xx``: :class:`PermanentError` with
+  HubSpot's ``category`` and ``message``: retrying cannot help, and once the cause is
+  fixed ``stagesync replay --state failed`` sends the events again.
 
 The token is only ever put in the ``Authorization`` header. Messages are built here,
 never from the request, and are scrubbed of the token all the same.
@@ -32,7 +34,8 @@ from typing import Any
 
 import httpx
 
-from receiver.exceptions import PermanentError, RateLimited, TransientError
+from receiver.exceptions import AuthExpired, PermanentError, RateLimited, TransientError
+from receiver.metrics import status_class
 from receiver.ratelimit import RequestPacer
 
 BATCH_READ_PATH = "/crm/v3/objects/contacts/batch/read"
@@ -94,10 +97,6 @@ def rate_limit_delay(policy: str | None, retry_after_header: str | None, now: fl
     if name == "SECONDLY":
         return SECONDLY_WAIT_S
     return TEN_SECONDLY_WAIT_S
-
-
-def _status_class(status: int) -> str:
-    return f"{status // 100}xx" if status // 100 in (2, 4, 5) else "error"
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -181,7 +180,7 @@ class HubSpotClient:
             self._pacer.done()
 
         status = response.status_code
-        self._record(_status_class(status))
+        self._record(status_class(status))
         if status in (200, 207):
             return self._parse_found(response, set(chunk))
         payload = _json_object(response) or {}
@@ -191,6 +190,9 @@ class HubSpotClient:
         if status >= 500 or status == 408:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
             raise TransientError(f"http_{status}", detail, retry_after=retry_after)
+        if status == 401:
+            code = _text(payload.get("category")) or "http_401"
+            raise AuthExpired(code, detail)
         if 400 <= status < 500:
             code = _text(payload.get("category")) or f"http_{status}"
             raise PermanentError(code, detail)

@@ -16,7 +16,8 @@ def status_class(status: int | None) -> str:
     """``2xx``/``4xx``/``5xx`` for an HTTP status, ``error`` for no answer."""
     if status is None:
         return "error"
-    return f"{status // 100}xx"
+    label = f"{status // 100}xx"
+    return label if label in ("2xx", "4xx", "5xx") else "error"
 
 
 class Metrics:

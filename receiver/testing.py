@@ -220,9 +220,13 @@ class InMemoryStore:
             reasons[r.event.reason or ""] = reasons.get(r.event.reason or "", 0) + 1
         return out
 
-    async def oldest_open_received_at(self) -> float | None:
-        """``received_at`` of the oldest open event."""
-        times = [r.event.received_at for r in self.rows.values() if r.event.state in OPEN_STATES]
+    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
+        """``received_at`` of the oldest open event (due by ``due_at`` when given)."""
+        times = [
+            r.event.received_at
+            for r in self.rows.values()
+            if r.event.state in OPEN_STATES and (due_at is None or r.next_attempt_at <= due_at)
+        ]
         return min(times) if times else None
 
     async def last_synced_at(self) -> float | None:

@@ -1,7 +1,8 @@
 """``POST /webhooks/hubspot``, the hot path, as a plain ASGI endpoint.
 
 The checks run in the SPEC's order: size (413), content type (415), signature (401),
-JSON shape (400). The answer comes only after the events are committed.
+JSON shape (400). The answer comes only after the events are committed. A sender that
+disconnects before its body is complete gets no answer and leaves no error behind.
 
 Why plain ASGI rather than a Starlette function endpoint: at thousands of requests per
 second, building a ``Request``, its ``Headers`` and ``URL``, and wrapping ``send`` for
@@ -19,7 +20,6 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import URL
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from receiver.context import AppContext
@@ -36,6 +36,13 @@ _OK_HEADERS = [(b"content-type", b"application/json")]
 # Distinct (scheme, server, host, path, query, public URL) seen; HubSpot uses one.
 _URL_CACHE_SIZE = 256
 _signed_urls: dict[tuple[Any, ...], str] = {}
+# The sender went away before the body was complete: there is no one to answer.
+_GONE = object()
+# How much of an oversized body is read (and dropped) so that the sender sees the 413.
+DRAIN_BYTES = 64 * 1024
+# A 413 before the sender finished closes the connection: kept alive, uvicorn would
+# read the rest of the body.
+_CLOSE = {"Connection": "close"}
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -48,24 +55,51 @@ def _headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-async def _read_limited(receive: Receive, declared: str | None, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes ``limit`` bytes (the rest is not read)."""
+class _TooLarge:
+    """The body passed the limit; ``drained`` when the sender had finished anyway."""
+
+    def __init__(self, drained: bool) -> None:
+        self.drained = drained
+
+
+async def _read_limited(receive: Receive, declared: str | None, limit: int) -> Any:
+    """The body; a :class:`_TooLarge` once it passes ``limit`` bytes; or ``_GONE``.
+
+    Nothing past the limit is kept. What the sender still has in flight is read and
+    dropped up to ``DRAIN_BYTES`` so that it can read the 413; past that the answer
+    closes the connection instead (a kept-alive connection would make uvicorn read
+    the rest, however long).
+    """
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
+        if int(declared) > limit + DRAIN_BYTES:
+            return _TooLarge(drained=False)
+        return await _drain(receive, 0)
     chunks = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            return _GONE
         chunk = message.get("body", b"")
         size += len(chunk)
+        more = message.get("more_body", False)
         if size > limit:
-            return None
+            return await _drain(receive, size - limit) if more else _TooLarge(drained=True)
         if chunk:
             chunks.append(chunk)
-        if not message.get("more_body", False):
+        if not more:
             return b"".join(chunks)
+
+
+async def _drain(receive: Receive, dropped: int) -> Any:
+    while dropped <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return _GONE
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return _TooLarge(drained=True)
+    return _TooLarge(drained=False)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -120,6 +154,8 @@ class WebhookEndpoint:
             answer = await _webhook(scope, receive, ctx)
         finally:
             ctx.metrics.ack_seconds.observe(time.perf_counter() - started)
+        if answer is _GONE:
+            return
         if isinstance(answer, bytes):
             await send(
                 {
@@ -137,11 +173,14 @@ webhook = WebhookEndpoint()
 
 
 async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
-    """The 200 body as bytes, or an error response."""
+    """The 200 body as bytes, an error response, or ``_GONE``."""
     headers = _headers(scope)
     body = await _read_limited(receive, headers.get("content-length"), ctx.max_body)
-    if body is None:
-        return error(413, "payload_too_large", f"The body is larger than {ctx.max_body} bytes.")
+    if body is _GONE:
+        return _GONE
+    if isinstance(body, _TooLarge):
+        message = f"The body is larger than {ctx.max_body} bytes."
+        return error(413, "payload_too_large", message, headers=None if body.drained else _CLOSE)
     if not _is_json(headers.get("content-type")):
         return error(415, "unsupported_media_type", "Send the events as application/json.")
     try:

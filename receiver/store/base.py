@@ -100,8 +100,12 @@ class EventStore(Protocol):
         """Count of events per state and reason (``""`` for none), without a scan."""
         ...
 
-    async def oldest_open_received_at(self) -> float | None:
-        """``received_at`` of the oldest pending or retrying event."""
+    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
+        """``received_at`` of the oldest pending or retrying event.
+
+        With ``due_at``, only events whose next attempt is due by then: work waiting on
+        the dispatcher, not on a backoff or a rate limit.
+        """
         ...
 
     async def last_synced_at(self) -> float | None:

@@ -307,11 +307,18 @@ class PostgresStore:
             out.setdefault(state, {})[reason] = int(n)
         return out
 
-    async def oldest_open_received_at(self) -> float | None:
+    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
         """``received_at`` of the oldest open event (through the partial index)."""
-        value = await self.pool.fetchval(
-            f"SELECT received_at FROM events WHERE {OPEN_SQL} ORDER BY id LIMIT 1"
-        )
+        if due_at is None:
+            value = await self.pool.fetchval(
+                f"SELECT received_at FROM events WHERE {OPEN_SQL} ORDER BY id LIMIT 1"
+            )
+        else:
+            value = await self.pool.fetchval(
+                f"SELECT received_at FROM events WHERE {OPEN_SQL} AND next_attempt_at <= $1"
+                " ORDER BY id LIMIT 1",
+                due_at,
+            )
         return float(value) if value is not None else None
 
     async def last_synced_at(self) -> float | None:

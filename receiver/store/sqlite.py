@@ -306,10 +306,12 @@ class SQLiteStore:
                 out.setdefault(state, {})[reason] = n
         return out
 
-    async def oldest_open_received_at(self) -> float | None:
+    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
         """``received_at`` of the oldest open event (through the partial index)."""
+        due = "" if due_at is None else " AND next_attempt_at <= ?"
         async with self._rc.execute(
-            f"SELECT received_at FROM events WHERE {_OPEN} ORDER BY id LIMIT 1"
+            f"SELECT received_at FROM events WHERE {_OPEN}{due} ORDER BY id LIMIT 1",
+            () if due_at is None else (due_at,),
         ) as cur:
             row = await cur.fetchone()
         return float(row[0]) if row else None

@@ -281,7 +281,7 @@ async def test_readyz_is_503_when_the_oldest_pending_event_is_older_than_the_thr
         answer = await readiness_after_jump(http, base)
         assert answer.status_code == 503
         checks = answer.json()["checks"]
-        assert checks["backlog"] == "failing: oldest pending is 301s old"
+        assert checks["backlog"] == "failing: the oldest due event is 301s old"
         assert checks["dispatcher"] == "ok"
         scrape = Scrape((await http.get(f"{base}/metrics")).text)
         assert scrape.value("stagesync_oldest_pending_seconds") == 301

@@ -266,6 +266,9 @@ async def test_oldest_open_is_the_oldest_pending_or_retrying_event(store: EventS
     later = Outcome(second, "retrying", next_attempt_at=NOW + 99)
     await store.record("a", [Outcome(first, "synced"), later], [], [1, 2], NOW + 12)
     assert await store.oldest_open_received_at() == NOW + 10
+    # An event waiting out its backoff is not due work: readiness does not count it.
+    assert await store.oldest_open_received_at(due_at=NOW + 50) is None
+    assert await store.oldest_open_received_at(due_at=NOW + 99) == NOW + 10
     await store.record("a", [Outcome(claimed[2].events[0].id, "failed")], [], [], NOW + 13)
     assert await store.oldest_open_received_at() is None
 

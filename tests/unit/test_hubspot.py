@@ -16,7 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.exceptions import PermanentError, RateLimited, TransientError, UpstreamError
+from receiver.exceptions import (
+    AuthExpired,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    UpstreamError,
+)
 from receiver.hubspot import HubSpotClient
 from receiver.ratelimit import RequestPacer
 from tests.fakes.hubspot import ALWAYS, FakeHubSpot, create_fake_hubspot
@@ -248,9 +254,22 @@ async def test_timeouts_and_connection_errors_are_transient(exc: Exception, code
     assert h.calls == ["error"]
 
 
+async def test_an_expired_or_revoked_token_is_transient() -> None:
+    body = {
+        "status": "error",
+        "message": "Authentication credentials not found",
+        "category": "INVALID_AUTHENTICATION",
+    }
+    async with mocked(answer(401, body)) as h:
+        with pytest.raises(AuthExpired) as caught:
+            await h.client.batch_read([1], ["lifecyclestage"], now=NOON)
+    assert caught.value.code == "INVALID_AUTHENTICATION"
+    assert h.calls == ["4xx"]
+
+
 @pytest.mark.parametrize(
     ("status", "category"),
-    [(401, "INVALID_AUTHENTICATION"), (403, "MISSING_SCOPES"), (400, "VALIDATION_ERROR")],
+    [(403, "MISSING_SCOPES"), (400, "VALIDATION_ERROR")],
 )
 async def test_client_errors_are_permanent_with_hubspots_category_and_message(
     status: int, category: str
@@ -386,10 +405,10 @@ async def test_fake_503_maps_to_transient_error() -> None:
     assert not isinstance(caught.value, RateLimited)
 
 
-async def test_fake_wrong_token_is_permanent_and_the_token_is_not_in_the_error() -> None:
+async def test_fake_wrong_token_is_retried_later_and_the_token_is_not_in_the_error() -> None:
     wrong = "pat-na1-ffffffff-0000-0000-0000-000000000000"
     async with served(portal(), token=wrong) as client:
-        with pytest.raises(PermanentError) as caught:
+        with pytest.raises(AuthExpired) as caught:
             await client.batch_read([1], ["lifecyclestage"], NOON)
     assert caught.value.code == "INVALID_AUTHENTICATION"
     assert "Authentication credentials not found" in caught.value.message
