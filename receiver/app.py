@@ -21,7 +21,7 @@ from receiver.context import AppContext
 from receiver.dispatcher import Dispatcher
 from receiver.hubspot import HubSpotClient
 from receiver.logging import RequestIdMiddleware, get_logger
-from receiver.mapping import merge_mapping
+from receiver.mapping import hubspot_properties, merge_mapping
 from receiver.metrics import Metrics
 from receiver.ratelimit import RequestPacer
 from receiver.responses import error
@@ -107,6 +107,7 @@ def create_app(
                 frozenset(settings.lead_stages),
                 frozenset(settings.contact_stages),
                 settings.on_delete,
+                frozenset(hubspot_properties(*mappings.values())),
             ),
             retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.max_attempts),
             mappings=mappings,

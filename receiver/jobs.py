@@ -19,6 +19,7 @@ from receiver.mapping import LIFECYCLE_STAGE, map_fields
 from receiver.models import ClaimedContact, ContactUpdate, Outcome, StoredEvent
 from receiver.rules import (
     ContactPlan,
+    Decision,
     RoutingConfig,
     decide,
     stage_from_webhook,
@@ -68,13 +69,18 @@ class Job:
         routing: RoutingConfig,
         mappings: Mapping[str, Mapping[str, str]],
     ) -> None:
-        """Decide from HubSpot's current ``properties`` (None: HubSpot has no such contact)."""
+        """Decide from HubSpot's current ``properties`` (None: HubSpot has no such contact).
+
+        A contact HubSpot holds with no stage is in no synced stage: ``stage-not-synced``
+        (``stage-unknown`` is for when stagesync cannot ask, without a token).
+        """
         carrier = self.plan.carrier
         assert carrier is not None
         if properties is None:
             self.result.append(Outcome(carrier.id, "skipped", reason="not-found"))
             return
-        self._decide(properties.get(LIFECYCLE_STAGE) or None, properties, routing, mappings)
+        stage = properties.get(LIFECYCLE_STAGE) or None
+        self._decide(stage, properties, routing, mappings, known=True)
 
     def resolve_from_webhook(
         self, routing: RoutingConfig, mappings: Mapping[str, Mapping[str, str]]
@@ -95,12 +101,17 @@ class Job:
         properties: Mapping[str, str | None],
         routing: RoutingConfig,
         mappings: Mapping[str, Mapping[str, str]],
+        *,
+        known: bool = False,
     ) -> None:
         carrier = self.plan.carrier
         assert carrier is not None
         state = self.claimed.state
         self.stage = stage
         decision = decide(stage, state.kind if state else None, routing)
+        if known and stage is None:
+            # HubSpot's current value, not a gap in what we know: the contact has no stage.
+            decision = Decision(None, "stage-not-synced")
         if decision.kind is None:
             self.result.append(Outcome(carrier.id, "skipped", reason=decision.reason, stage=stage))
             if decision.reason == "stage-not-synced":
@@ -115,8 +126,12 @@ class Job:
                 )
             return
         self.reason = decision.reason
-        fields = map_fields(mappings[decision.kind], properties)
-        self.request = UpsertRequest(decision.kind, str(self.object_id), fields)
+        kind = decision.kind
+        fields = map_fields(mappings[kind], properties)
+        # A record of this kind exists already: the upsert updates it, and fields the
+        # events did not carry must not be overwritten with placeholders.
+        exists = state is not None and state.kind == kind and bool(state.target_id)
+        self.request = UpsertRequest(kind, str(self.object_id), fields, may_create=not exists)
 
     def synced(self, result: UpsertResult) -> None:
         """The upsert succeeded: the carrier is ``synced`` and the contact state moves on."""

@@ -13,22 +13,27 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from receiver.mapping import LIFECYCLE_STAGE
 from receiver.models import ContactState, Kind, StoredEvent
 
-SYNC_TYPES = frozenset(
-    {"contact.propertyChange", "contact.creation", "contact.restore", "contact.merge"}
-)
+PROPERTY_CHANGE = "contact.propertyChange"
+SYNC_TYPES = frozenset({PROPERTY_CHANGE, "contact.creation", "contact.restore", "contact.merge"})
 PRIVACY_DELETION = "contact.privacyDeletion"
 DELETION = "contact.deletion"
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
-    """The configured stage sets and deletion policy."""
+    """The configured stage sets, deletion policy and synced properties.
+
+    ``properties`` are the HubSpot properties whose change syncs a contact (the mapped
+    ones; the lifecycle stage always does). None means every property change syncs.
+    """
 
     lead_stages: frozenset[str]
     contact_stages: frozenset[str]
     on_delete: Literal["ignore", "delete"] = "ignore"
+    properties: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +62,16 @@ def decide(stage: str | None, previous_kind: str | None, config: RoutingConfig) 
     return Decision(None, "stage-not-synced")
 
 
-def event_action(subscription_type: str | None, config: RoutingConfig) -> tuple[str, str | None]:
-    """``("sync"|"delete"|"skip", reason)`` for a subscription type."""
+def event_action(
+    subscription_type: str | None, config: RoutingConfig, property_name: str | None = None
+) -> tuple[str, str | None]:
+    """``("sync"|"delete"|"skip", reason)`` for a subscription type.
+
+    A property change syncs only for the lifecycle stage or a synced property
+    (:attr:`RoutingConfig.properties`); any other is ``unsupported``.
+    """
+    if subscription_type == PROPERTY_CHANGE and not _synced_property(property_name, config):
+        return "skip", "unsupported"
     if subscription_type in SYNC_TYPES:
         return "sync", None
     if subscription_type == PRIVACY_DELETION:
@@ -68,6 +81,19 @@ def event_action(subscription_type: str | None, config: RoutingConfig) -> tuple[
             return "delete", None
         return "skip", "deletion-ignored"
     return "skip", "unsupported"
+
+
+def _synced_property(name: str | None, config: RoutingConfig) -> bool:
+    # An event without a property name cannot be told apart, so it brings the contact
+    # up to date rather than being dropped.
+    if config.properties is None or name is None or name == LIFECYCLE_STAGE:
+        return True
+    return name in config.properties
+
+
+def _property_name(event: StoredEvent) -> str | None:
+    name = event.raw.get("propertyName")
+    return name if isinstance(name, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +130,7 @@ def plan_contact(
     deletes: list[StoredEvent] = []
     applied = state.last_occurred_at if state and state.last_occurred_at is not None else None
     for event in ordered:
-        action, reason = event_action(event.subscription_type, config)
+        action, reason = event_action(event.subscription_type, config, _property_name(event))
         if action == "skip":
             skipped.append((event, reason or "unsupported"))
         elif action == "delete":

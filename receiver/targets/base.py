@@ -12,11 +12,18 @@ from receiver.models import Kind
 
 @dataclass(frozen=True, slots=True)
 class UpsertRequest:
-    """One record to upsert: ``fields`` are already mapped to target field names."""
+    """One record to upsert: ``fields`` are already mapped to target field names.
+
+    ``may_create`` is False when stagesync already wrote a record of this kind for the
+    contact, so the upsert is an update: a target then leaves fields that are absent
+    from ``fields`` alone instead of filling required ones with placeholders (which
+    would overwrite real values). Targets without placeholders ignore it.
+    """
 
     kind: Kind
     hubspot_id: str
     fields: Mapping[str, Any]
+    may_create: bool = True
 
 
 @dataclass(frozen=True, slots=True)

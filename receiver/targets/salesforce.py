@@ -134,7 +134,12 @@ class SalesforceTarget:
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
         """Create or update one Lead or Contact keyed by its HubSpot id."""
         obj = OBJECTS[request.kind]
-        body = prepare_fields(request.kind, request.fields, external_id_field=self._field)
+        body = prepare_fields(
+            request.kind,
+            request.fields,
+            external_id_field=self._field,
+            may_create=request.may_create,
+        )
         response = await self._call("PATCH", self._record_path(obj, request.hubspot_id), body)
         status = response.status_code
         if status in (200, 201):
@@ -211,7 +216,12 @@ class SalesforceTarget:
             {
                 "attributes": {"type": obj},
                 self._field: request.hubspot_id,
-                **prepare_fields(kind, request.fields, external_id_field=self._field),
+                **prepare_fields(
+                    kind,
+                    request.fields,
+                    external_id_field=self._field,
+                    may_create=request.may_create,
+                ),
             }
             for request in requests
         ]

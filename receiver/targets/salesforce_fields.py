@@ -53,6 +53,7 @@ def prepare_fields(
     fields: Mapping[str, Any],
     *,
     external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD,
+    may_create: bool = True,
 ) -> dict[str, Any]:
     """Turn mapped HubSpot values (strings or None) into a Salesforce upsert body.
 
@@ -68,8 +69,11 @@ def prepare_fields(
       except in standard text fields such as ``Title`` or ``Company``.
     * Everything else, numbers included, is sent as HubSpot's string: Salesforce parses
       numeric strings into number fields, and a phone or a zip code keeps its zeros.
-    * A missing or empty ``LastName`` (both kinds) or ``Company`` (Lead) is sent as
-      ``"[not provided]"``, as Salesforce requires them.
+    * A required field (``LastName`` for both kinds, ``Company`` for a Lead) that is
+      present but empty is sent as ``"[not provided]"``: Salesforce refuses null there.
+      An absent one gets the placeholder only when ``may_create`` is True, as a new
+      record needs it; on an update (``may_create`` False, the record exists already)
+      it stays absent, so the value Salesforce holds is kept rather than overwritten.
 
     Values that are not strings (already converted by the caller) pass unchanged.
     """
@@ -79,7 +83,10 @@ def prepare_fields(
             continue
         body[name] = _convert(name, value)
     for name in REQUIRED_FIELDS[kind]:
-        if body.get(name) is None:
+        if name in body:
+            if body[name] is None:
+                body[name] = PLACEHOLDER
+        elif may_create:
             body[name] = PLACEHOLDER
     return body
 

@@ -303,10 +303,6 @@ async def test_chunked_body_over_the_limit_gets_413_without_content_length(
         assert (await svc.send([event(19, "lead")])).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug reported: the 413 answer keeps the connection alive, so uvicorn drains the body",
-)
 async def test_endless_chunked_body_is_cut_off_without_being_read_to_the_end(
     start: Starter,
 ) -> None:
@@ -358,10 +354,6 @@ async def test_empty_array_is_accepted_with_zero_counts(service: Service) -> Non
     assert response.status_code == 200 and response.json() == counts(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug reported: receiver/webhook.py lets ClientDisconnect become an unhandled error",
-)
 async def test_sender_disconnecting_mid_body_is_not_logged_as_an_error(
     service: Service,
 ) -> None:

@@ -19,6 +19,7 @@ from receiver.dispatcher import Dispatcher
 from receiver.events import to_new_events
 from receiver.exceptions import RateLimited
 from receiver.jobs import WAITING_CODE
+from receiver.mapping import hubspot_properties
 from receiver.models import StoredEvent
 from receiver.retry import RetryPolicy
 from receiver.rules import RoutingConfig
@@ -70,15 +71,19 @@ class Rig:
         self.store = InMemoryStore()
         self.target: ScriptedTarget = kw.pop("target", None) or ScriptedTarget()
         on_delete = kw.pop("on_delete", "ignore")
+        mappings = {k: self.target.default_mapping(k) for k in ("lead", "contact")}
         self.dispatcher = Dispatcher(
             store=self.store,
             target=self.target,
             hubspot=kw.pop("hubspot", None),
-            routing=RoutingConfig(
-                frozenset(DEFAULT_LEAD_STAGES), frozenset(DEFAULT_CONTACT_STAGES), on_delete
+            routing=RoutingConfig(  # as receiver.app builds it
+                frozenset(DEFAULT_LEAD_STAGES),
+                frozenset(DEFAULT_CONTACT_STAGES),
+                on_delete,
+                frozenset(hubspot_properties(*mappings.values())),
             ),
             retry=kw.pop("retry", RetryPolicy(base_s=5, max_s=60, max_attempts=10)),
-            mappings={k: self.target.default_mapping(k) for k in ("lead", "contact")},
+            mappings=mappings,
             clock=self.clock,
             **kw,
         )
@@ -230,6 +235,21 @@ async def test_without_a_token_the_record_holds_only_the_carried_properties() ->
         assert rig.target.requests[-1].hubspot_id == "8"
 
 
+async def test_without_a_token_an_update_of_an_existing_record_may_not_create_it() -> None:
+    async with running() as rig:
+        (a,) = await rig.send(stage_event(15, "lead", at=1))
+        await rig.final(a)
+        mail = event(15, property_name="email", property_value="e@example.com", occurred_at=2)
+        (b,) = await rig.send(mail)
+        await rig.final(b)
+        (c,) = await rig.send(stage_event(15, "customer", at=3))  # promotion: a new Contact
+        await rig.final(c)
+        first, update, promotion = rig.target.requests
+        assert (first.kind, first.may_create) == ("lead", True)
+        assert (update.kind, update.may_create) == ("lead", False)
+        assert (promotion.kind, promotion.may_create) == ("contact", True)
+
+
 async def test_without_a_token_a_creation_event_of_an_unknown_contact_is_stage_unknown() -> None:
     async with running() as rig:
         (eid,) = await rig.send(event(9, subscription_type="contact.creation"))
@@ -269,6 +289,31 @@ async def test_the_stage_fetched_from_hubspot_wins_over_the_event() -> None:
         assert (done.target_kind, done.stage) == ("contact", "customer")
         assert rig.target.requests[-1].fields["Email"] == "c@example.com"
         assert reader.calls == [[12]]
+
+
+@pytest.mark.parametrize("current", [{"lifecyclestage": None}, {"lifecyclestage": ""}, {}])
+async def test_a_contact_without_a_stage_in_hubspot_is_skipped_stage_not_synced(
+    current: dict[str, str | None],
+) -> None:
+    reader = Reader({16: {"email": "s@example.com", **current}})
+    async with running(hubspot=reader) as rig:
+        (eid,) = await rig.send(stage_event(16, "lead"))
+        (done,) = await rig.final(eid)
+        assert (done.state, done.reason, done.stage) == ("skipped", "stage-not-synced", None)
+        assert rig.target.calls == 0
+
+
+async def test_a_change_of_an_unmapped_property_is_unsupported_without_any_call() -> None:
+    reader = Reader({17: {"lifecyclestage": "lead", "email": "u@example.com"}})
+    async with running(hubspot=reader) as rig:
+        noise = event(17, property_name="hs_analytics_source", property_value="DIRECT")
+        (eid,) = await rig.send(noise)
+        (done,) = await rig.final(eid)
+        assert (done.state, done.reason) == ("skipped", "unsupported")
+        assert rig.target.calls == 0 and reader.calls == []
+        (mapped,) = await rig.send(event(17, property_name="email", property_value="u@x.org"))
+        (synced,) = await rig.final(mapped)
+        assert (synced.state, synced.target_kind) == ("synced", "lead")
 
 
 async def test_a_contact_hubspot_no_longer_has_is_skipped_not_found() -> None:

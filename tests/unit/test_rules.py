@@ -25,6 +25,10 @@ from tests.support.webhooks import event as webhook_event
 
 CONFIG = RoutingConfig(frozenset(DEFAULT_LEAD_STAGES), frozenset(DEFAULT_CONTACT_STAGES))
 DELETE_CONFIG = RoutingConfig(CONFIG.lead_stages, CONFIG.contact_stages, on_delete="delete")
+# The lifecycle stage is left out on purpose: its change syncs whatever the set says.
+MAPPED_CONFIG = RoutingConfig(
+    CONFIG.lead_stages, CONFIG.contact_stages, properties=frozenset({"email", "lastname"})
+)
 _ids = itertools.count(1)
 
 
@@ -143,6 +147,29 @@ def test_any_other_subscription_type_is_unsupported(subscription_type: str | Non
     assert event_action(subscription_type, CONFIG) == ("skip", "unsupported")
 
 
+def test_a_change_of_the_stage_or_a_mapped_property_syncs() -> None:
+    for name in ("lifecyclestage", "email", "lastname"):
+        assert event_action("contact.propertyChange", MAPPED_CONFIG, name) == ("sync", None)
+
+
+def test_a_change_of_a_property_that_is_neither_stage_nor_mapped_is_unsupported() -> None:
+    action = event_action("contact.propertyChange", MAPPED_CONFIG, "hs_analytics_source")
+    assert action == ("skip", "unsupported")
+
+
+def test_without_a_property_set_every_property_change_syncs() -> None:
+    assert event_action("contact.propertyChange", CONFIG, "hs_analytics_source") == ("sync", None)
+
+
+@pytest.mark.parametrize(
+    "subscription_type", ["contact.creation", "contact.restore", "contact.merge"]
+)
+def test_creation_restore_and_merge_sync_whatever_the_property_set(
+    subscription_type: str,
+) -> None:
+    assert event_action(subscription_type, MAPPED_CONFIG, "hs_analytics_source") == ("sync", None)
+
+
 def test_a_merge_event_is_about_the_primary_object_id() -> None:
     raw = webhook_event(
         11, subscription_type="contact.merge", primaryObjectId=22, mergedObjectIds=[11]
@@ -200,6 +227,14 @@ def test_unsupported_and_ignored_events_are_skipped_beside_a_sync() -> None:
         (other.id, "unsupported"),
         (gone.id, "deletion-ignored"),
     ]
+
+
+def test_a_change_of_an_unmapped_property_is_skipped_unsupported_beside_a_mapped_one() -> None:
+    mail = stored(100, propertyName="email", propertyValue="a@example.com")
+    noise = stored(200, propertyName="hs_analytics_source", propertyValue="DIRECT")
+    plan = plan_contact([noise, mail], None, MAPPED_CONFIG)
+    assert plan.carrier is mail and plan.coalesced == ()
+    assert plan.skipped == ((noise, "unsupported"),)
 
 
 def test_privacy_deletion_plans_a_delete_and_older_syncs_are_stale() -> None:

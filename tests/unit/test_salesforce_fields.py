@@ -97,6 +97,22 @@ def test_prepare_fields_sends_missing_last_name_and_lead_company_as_not_provided
     assert prepare_fields("contact", {"LastName": None}) == {"LastName": PLACEHOLDER}
 
 
+def test_prepare_fields_adds_no_placeholder_for_absent_fields_of_an_existing_record() -> None:
+    assert prepare_fields("lead", {"FirstName": "Ada"}, may_create=False) == {"FirstName": "Ada"}
+    assert prepare_fields("contact", {"Email": "g@example.com"}, may_create=False) == {
+        "Email": "g@example.com"
+    }
+
+
+def test_prepare_fields_still_replaces_a_cleared_required_field_of_an_existing_record() -> None:
+    # Sending null would fail: a cleared LastName keeps the placeholder even on update.
+    assert prepare_fields("lead", {"LastName": "", "Company": None}, may_create=False) == {
+        "LastName": PLACEHOLDER,
+        "Company": PLACEHOLDER,
+    }
+    assert prepare_fields("lead", {"LastName": " "}, may_create=False) == {"LastName": PLACEHOLDER}
+
+
 def test_prepare_fields_never_sends_the_external_id_or_id() -> None:
     body = prepare_fields(
         "contact",
