@@ -37,6 +37,7 @@ import orjson
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
 from receiver.store.group_commit import GroupCommitter, IngestRequest
+from receiver.store.sqlite_thread import run_to_end
 from receiver.store.write_lock import WriteLock
 
 KEY_LENGTH = 24
@@ -45,20 +46,23 @@ KEY_LENGTH = 24
 _MAX_NUMERATOR = 1 << 53
 _MAX_DENOMINATOR = 1 << 62
 
+# ON CONFLICT(dedup_key), not OR IGNORE: OR IGNORE would also skip a row breaking a NOT
+# NULL constraint, and the event would be acknowledged as a duplicate without being stored.
 INSERT_ROW = (
-    "INSERT OR IGNORE INTO events (dedup_key, state, object_id, subscription_type,"
+    "INSERT INTO events (dedup_key, state, object_id, subscription_type,"
     " occurred_at, stage, received_at, updated_at, raw, last_error_code, last_error_message)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedup_key) DO NOTHING"
 )
 # Row layout in the JSON array: state, object_id, subscription_type, occurred_at, stage,
 # raw offset (1-based), raw length, error code, error message, now numerator, denominator.
 _AT = "CAST(value ->> 9 AS REAL) / (value ->> 10)"
+# WHERE true: after a SELECT, SQLite would read ON as the start of a join constraint.
 INSERT_GROUP = (
-    "INSERT OR IGNORE INTO events (dedup_key, state, object_id, subscription_type,"
+    "INSERT INTO events (dedup_key, state, object_id, subscription_type,"
     " occurred_at, stage, received_at, updated_at, raw, last_error_code, last_error_message)"
     f" SELECT substr(?2, key * {KEY_LENGTH} + 1, {KEY_LENGTH}), value ->> 0, value ->> 1,"
     f" value ->> 2, value ->> 3, value ->> 4, {_AT}, {_AT}, substr(?3, value ->> 5, value ->> 6),"
-    " value ->> 7, value ->> 8 FROM json_each(?1)"
+    " value ->> 7, value ->> 8 FROM json_each(?1) WHERE true ON CONFLICT(dedup_key) DO NOTHING"
 )
 INSERTED_KEYS = "SELECT dedup_key FROM events WHERE id BETWEEN ? AND ?"
 
@@ -184,6 +188,7 @@ class SQLiteIngest:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-ingest")
         self._committer = GroupCommitter(self._commit, on_commit)
         self.commits = 0  # groups committed, each one transaction and one fsync
+        self._closing = False
 
     async def open(self) -> None:
         """Connect (in the ingest thread) and start the writer."""
@@ -192,6 +197,8 @@ class SQLiteIngest:
 
     async def close(self) -> None:
         """Answer every queued request, then close the connection and the thread."""
+        # No request may join the queue once it is drained: it would never be answered.
+        self._closing = True
         await self._committer.stop()
         if self._conn is not None:
             await self._run(self._conn.close)
@@ -200,6 +207,8 @@ class SQLiteIngest:
 
     async def ingest(self, events: Sequence[NewEvent], now: float) -> IngestResult:
         """Queue ``events`` and return once their group is committed."""
+        if self._closing:
+            raise RuntimeError("store is closing")
         return await self._committer.submit(events, now)
 
     async def _commit(self, group: list[IngestRequest]) -> list[IngestResult]:
@@ -207,7 +216,7 @@ class SQLiteIngest:
         assert conn is not None, "store is not open"
         batch = group_rows([(request.events, request.now) for request in group])
         async with self._lock.urgent():
-            inserted = await self._run(insert_group, conn, batch)
+            inserted = await run_to_end(self._thread, insert_group, conn, batch)
         self.commits += 1
         return results(batch, inserted)
 

@@ -140,6 +140,7 @@ def start(tmp_path: Path) -> ServiceFactory:
         *,
         contacts: dict[int, dict[str, str]] | None = None,
         refresh: bool = True,
+        token: bool = True,
         latency_s: float = 0.0,
         **overrides: Any,
     ) -> AsyncIterator[Service]:
@@ -150,7 +151,7 @@ def start(tmp_path: Path) -> ServiceFactory:
             sf_url = await inner.enter_async_context(running_server(salesforce.app))
             env: dict[str, Any] = {
                 "target": "salesforce",
-                "hubspot_access_token": DEFAULT_TOKEN,
+                "hubspot_access_token": DEFAULT_TOKEN if token else "",
                 "hubspot_api_url": hs_url,
                 "salesforce_instance_url": sf_url,
                 "salesforce_access_token": salesforce.access_token,
@@ -267,6 +268,33 @@ async def test_mapping_overrides_send_typed_values_and_drop_removed_fields(
         assert record.fields["Last_Call_Date__c"] == "2024-05-01"
         assert record.fields["Employees__c"] == "0042"
         assert "newsletter" in service.hubspot.bodies[0]["properties"]
+
+
+async def test_without_a_token_an_update_keeps_the_last_name_and_company_salesforce_holds(
+    start: ServiceFactory,
+) -> None:
+    def change(name: str, value: str) -> dict[str, Any]:
+        return event(301, property_name=name, property_value=value, occurred_at=later_ms())
+
+    async with start(token=False) as service:
+        stage = event(301, "lead", occurred_at=later_ms())
+        await service.send([stage, change("lastname", "Lovelace"), change("company", "ACME")])
+        await service.settled([301])
+        lead = service.salesforce.record("Lead", "301")
+        assert lead is not None and (lead.fields["LastName"], lead.fields["Company"]) == (
+            "Lovelace",
+            "ACME",
+        )
+
+        await service.send([change("firstname", "Ada")])
+        await service.settled([301])
+
+        after = service.salesforce.record("Lead", "301")
+        assert after is not None and after.id == lead.id
+        assert (after.fields["FirstName"], after.fields["LastName"]) == ("Ada", "Lovelace")
+        assert after.fields["Company"] == "ACME"
+        assert service.salesforce.log[-1].body == {"FirstName": "Ada"}
+        assert {e.state for e in await service.events_of(301)} == {"synced", "skipped"}
 
 
 async def test_promotion_creates_the_contact_and_leaves_the_lead(start: ServiceFactory) -> None:

@@ -148,6 +148,34 @@ async def test_a_contact_hubspot_no_longer_has_is_skipped_not_found(tmp_path: Pa
         assert await svc.ctx.store.list_records() == []
 
 
+async def test_a_contact_hubspot_holds_without_a_stage_is_skipped_stage_not_synced(
+    tmp_path: Path,
+) -> None:
+    contacts = {9: {"lifecyclestage": "", "email": "e@example.com"}, 10: {"lastname": "Empty"}}
+    fake = create_fake_hubspot(token=DEFAULT_TOKEN, contacts=contacts)
+    async with service(tmp_path, fake) as svc:
+        await svc.send([event(9, "lead"), event(10, property_name="lastname")])
+        done = await svc.settle(2)
+        assert {(e.state, e.reason) for e in done} == {("skipped", "stage-not-synced")}
+        assert await svc.ctx.store.list_records() == []
+
+
+async def test_a_change_of_a_property_neither_stage_nor_mapped_is_skipped_unsupported(
+    tmp_path: Path,
+) -> None:
+    fake = portal({11: "lead"})
+    async with service(tmp_path, fake) as svc:
+        noise = event(11, property_name="hs_analytics_source", property_value="DIRECT")
+        await svc.send([noise])
+        (done,) = await svc.settle(1)
+        assert (done.state, done.reason) == ("skipped", "unsupported")
+        assert fake.batch_read_calls + fake.single_read_calls == 0
+        assert await svc.ctx.store.list_records() == []
+        await svc.send([event(11, property_name="email", property_value="c11@example.com")])
+        _, mapped = await svc.settle(2)
+        assert (mapped.state, mapped.target_kind) == ("synced", "lead")
+
+
 async def test_without_a_token_the_record_is_built_from_the_webhook(tmp_path: Path) -> None:
     async with service(tmp_path) as svc:
         await svc.send([event(7, "salesqualifiedlead", occurred_at=1)])

@@ -1,0 +1,109 @@
+"""Plain ``sqlite3`` connections, each used from one thread of its own.
+
+A transaction of the store is one plain function run in that thread: one thread hop per
+transaction, however many statements it makes, and SQLite releases the GIL while it
+works, so the event loop keeps serving requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from receiver.store.write_lock import WriteLock
+
+T = TypeVar("T")
+
+# Every connection: wait for another process's write lock (the CLI) rather than fail,
+# and flush the WAL on every commit, so an acknowledged event survives a power loss.
+PRAGMAS = (
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A plain connection in autocommit mode with the store's pragmas."""
+    # Not pinned to the thread that opens it, so a test may trace it.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(conn, *args)`` between ``BEGIN IMMEDIATE`` and ``COMMIT``."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+async def run_to_end(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` in ``executor``; if cancelled, still wait until it has returned.
+
+    The caller holds the write lock: it must not let the next writer in while this
+    transaction is still running in the thread.
+    """
+    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue
+            except Exception:  # its own outcome no longer matters: we were cancelled
+                break
+        raise
+
+
+class SQLiteWriter:
+    """The dispatcher's and the CLI's writes: a connection and a thread of their own."""
+
+    def __init__(self, path: str, lock: WriteLock) -> None:
+        self._path = path
+        self._lock = lock
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+
+    async def open(self) -> None:
+        """Connect in the writer thread."""
+        self._conn = await run_to_end(self._thread, connect, self._path)
+
+    async def close(self) -> None:
+        """Wait for the transaction in progress, then close the connection and thread."""
+        if self._conn is not None:
+            async with self._lock:
+                conn, self._conn = self._conn, None
+                await run_to_end(self._thread, conn.close)
+        self._thread.shutdown(wait=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` holding the write lock, in one hop; ``fn`` makes its own."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError("store is not open")
+            return await run_to_end(self._thread, fn, conn, *args)
+
+    async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` as one transaction, holding the write lock, in one hop."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError("store is not open")
+            return await run_to_end(self._thread, in_transaction, conn, fn, *args)
