@@ -1,0 +1,154 @@
+"""SQLite-only behaviours of the event store: schema versions, the ingest statement's
+conflict handling, closing with requests in flight, the claim's indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from receiver.events import to_new_events
+from receiver.exceptions import ConfigError
+from receiver.models import EventFilter
+from receiver.store.base import IngestResult
+from receiver.store.rows import EVENT_COLUMNS
+from receiver.store.sqlite import SQLiteStore
+from receiver.store.sqlite_dispatch import _DUE_CONTACTS, OPEN
+from receiver.store.sqlite_ingest import GroupRows, insert_group
+from receiver.store.sqlite_schema import MIGRATIONS
+from receiver.store.sqlite_thread import connect
+from tests.support.webhooks import event
+
+NOW = 1_700_000_000.0
+
+
+def indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    conn.close()
+    return {r[0] for r in rows}
+
+
+async def test_opening_a_version_1_file_drops_the_redundant_open_contact_index(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    assert "events_open_contact" in indexes(path)
+    store = SQLiteStore(str(path))
+    await store.open()
+    await store.close()
+    assert "events_open_contact" not in indexes(path)
+    assert {"events_open", "events_object"} <= indexes(path)
+
+
+async def test_opening_a_file_of_a_newer_schema_version_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    store = SQLiteStore(str(path))
+    with pytest.raises(ConfigError) as caught:
+        await store.open()
+    assert caught.value.problems == [
+        f"database schema version {len(MIGRATIONS) + 1} is newer than this stagesync knows"
+        f" ({len(MIGRATIONS)}); upgrade stagesync"
+    ]
+
+
+def test_claim_queries_read_the_open_and_per_contact_indexes(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    for migration in MIGRATIONS:
+        for statement in migration:
+            conn.execute(statement)
+    due = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + _DUE_CONTACTS, (0,) * 4))
+    events = " ".join(
+        r[3]
+        for r in conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_object"
+            f" WHERE object_id IN (?, ?) AND {OPEN} AND next_attempt_at <= ?",
+            (1, 2, 0),
+        )
+    )
+    conn.close()
+    assert "USING INDEX events_open" in due
+    assert "USING INDEX events_object" in events
+
+
+def test_a_row_breaking_not_null_fails_the_ingest_statement_instead_of_being_skipped(
+    tmp_path: Path,
+) -> None:
+    store_path = str(tmp_path / "ingest.db")
+    conn = connect(store_path)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    raw = b'{"eventId": 1}'
+    # state NULL: OR IGNORE would skip the row and the event would count as a duplicate.
+    batch = GroupRows(
+        rows=[(None, 1, "contact.creation", 1, None, 1, len(raw), None, None, 1, 1)],
+        keys=[b"k" * 24],
+        raws=[raw],
+        nows=[1.0],
+        firsts=[[b"k" * 24]],
+        valid=[1],
+        invalid=[0],
+    )
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            insert_group(conn, batch)
+        batch.exact_json = False  # the bound-parameter path too
+        with pytest.raises(sqlite3.IntegrityError):
+            insert_group(conn, batch)
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+async def test_close_answers_every_ingest_request_queued_or_being_committed(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "close.db"))
+    await store.open()
+    try:
+        tasks = [
+            asyncio.create_task(store.ingest(to_new_events([event(n, "lead")]), NOW))
+            for n in range(1, 201)
+        ]
+        await asyncio.sleep(0)  # let the writer take a first group
+    finally:
+        await store.close()
+    assert all(t.done() for t in tasks)
+    assert [t.result() for t in tasks] == [IngestResult(1, 0, 0)] * 200
+    store = SQLiteStore(str(tmp_path / "close.db"))
+    await store.open()
+    try:
+        assert await store.count_matching(EventFilter()) == 200
+    finally:
+        await store.close()
+
+
+async def test_upsert_of_one_record_twice_in_a_call_merges_into_the_first(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "records.db"))
+    await store.open()
+    try:
+        first = await store.upsert_records(
+            [("lead", "7", {"a": 1, "b": 1}), ("lead", "7", {"b": 2}), ("contact", "7", {})],
+            NOW,
+        )
+        again = await store.upsert_records([("lead", "7", {"c": 3})], NOW + 1)
+        records = {(r.kind, r.hubspot_id): r.fields for r in await store.list_records()}
+    finally:
+        await store.close()
+    assert first == [("dry-lead-7", True), ("dry-lead-7", False), ("dry-contact-7", True)]
+    assert again == [("dry-lead-7", False)]
+    assert records == {("lead", "7"): {"a": 1, "b": 2, "c": 3}, ("contact", "7"): {}}
