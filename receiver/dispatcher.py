@@ -2,13 +2,14 @@
 
 Two stages run side by side. The *claim loop* leases contacts with due events, fetches
 their current properties from HubSpot in one batch read and plans each contact. *Target
-workers* (``concurrency`` of them) take every ready job, up to the target's batch size,
-and make one call. Batching comes only from what piles up while a call is in flight: a
-lone event goes out at once. A claim is read while the loop waits, so the next batch
-gathers meanwhile; but a backlog (a full claim whose oldest event waited over
-``BACKLOG_S``) is read in the background while the loop claims on, up to ``FULL_READS``
-at once, so it drains at the rate the HubSpot pacer allows, not one round trip at a
-time. A fresh burst stays on one read at a time, which re-reads fewer contacts.
+workers* (``concurrency`` of them, in :mod:`receiver.target_worker`) take every ready
+job, up to the target's batch size, and make one call. Batching comes only from what
+piles up while a call is in flight: a lone event goes out at once. A claim is read while
+the loop waits, so the next batch gathers meanwhile; but a backlog (a full claim whose
+oldest event waited over ``BACKLOG_S``) is read in the background while the loop claims
+on, up to ``FULL_READS`` at once, so it drains at the rate the HubSpot pacer allows, not
+one round trip at a time. A fresh burst stays on one read at a time, which re-reads
+fewer contacts.
 
 The claim loop is woken by each webhook commit and each recorded round (a released
 contact may have new events), and polls every second for due retries, CLI replays and
@@ -32,12 +33,11 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from receiver.exceptions import RateLimited, UpstreamError
+from receiver.exceptions import RateLimited
 from receiver.jobs import Job
 from receiver.logging import get_logger
 from receiver.mapping import hubspot_properties
@@ -46,7 +46,8 @@ from receiver.models import ClaimedContact, ContactUpdate, Outcome
 from receiver.retry import RetryPolicy, classify
 from receiver.rules import RoutingConfig, plan_contact
 from receiver.store.base import EventStore
-from receiver.targets.base import Target, UpsertResult
+from receiver.target_worker import TargetWorkers
+from receiver.targets.base import Target
 
 __all__ = ["ContactReader", "Dispatcher", "classify"]
 
@@ -95,7 +96,6 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.target = target
         self.hubspot = hubspot
         self.routing = routing
         self.retry = retry
@@ -112,14 +112,29 @@ class Dispatcher:
         )
         self.last_tick = self._claimed_at = 0.0
         self._wake = asyncio.Event()
-        self._ready: deque[Job] = deque()
-        self._ready_signal = asyncio.Event()
         self._room = asyncio.Event()
         self._in_flight = 0
         self._leased: dict[int, Job] = {}
-        self._rate_streak = {"hubspot": 0, "target": 0}
+        #: Rate-limit answers from HubSpot in a row (the workers count the target's).
+        self._hubspot_streak = 0
+        self.workers = TargetWorkers(
+            target=target,
+            clock=clock,
+            fail=self._fail_jobs,
+            record=self._record,
+            give_up=self._give_up,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._reads: set[asyncio.Task[None]] = set()
+
+    @property
+    def target(self) -> Target:
+        """The CRM target the workers call (tests swap it for a scripted one)."""
+        return self.workers.target
+
+    @target.setter
+    def target(self, target: Target) -> None:
+        self.workers.target = target
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -132,7 +147,7 @@ class Dispatcher:
         self.last_tick = self.clock()
         self._tasks = [asyncio.create_task(self._claim_loop(), name="dispatcher-claim")]
         self._tasks += [
-            asyncio.create_task(self._worker(), name=f"dispatcher-worker-{i}")
+            asyncio.create_task(self.workers.run(), name=f"dispatcher-worker-{i}")
             for i in range(self.concurrency)
         ]
 
@@ -149,7 +164,7 @@ class Dispatcher:
         now = self.clock()
         held = [i for i, job in self._leased.items() if job.lease_until > now]
         self._leased.clear()
-        self._ready.clear()
+        self.workers.ready.clear()
         self._in_flight = 0
         if held:
             try:
@@ -238,13 +253,12 @@ class Dispatcher:
                 self._give_up(late, "lease_half_spent_before_call")
                 remote = [j for j in remote if not j.finished]
             if remote:
-                self._ready.extend(remote)
-                self._ready_signal.set()
+                self.workers.put(remote)
             if done:
                 await self._record(done)
         except BaseException:
             # Leases expire and the contacts are claimed again: nothing is lost.
-            self._give_up([j for j in jobs if j not in self._ready], "round_failed")
+            self._give_up([j for j in jobs if j not in self.workers.ready], "round_failed")
             raise
 
     def _plan(self, claimed: ClaimedContact, now: float) -> Job:
@@ -266,9 +280,11 @@ class Dispatcher:
                 fetched = await self.hubspot.batch_read(
                     [j.object_id for j in syncing], self.properties, now
                 )
-                self._rate_streak["hubspot"] = 0
+                self._hubspot_streak = 0
             except Exception as exc:
-                self._fail_jobs(syncing, exc, "hubspot")
+                if isinstance(exc, RateLimited):
+                    self._hubspot_streak += 1
+                self._fail_jobs(syncing, exc, "hubspot", self._hubspot_streak)
                 return
         for job in syncing:
             if fetched is not None:
@@ -276,19 +292,13 @@ class Dispatcher:
             else:
                 job.resolve_from_webhook(self.routing, self.mappings)
 
-    def _fail_jobs(
-        self, jobs: Sequence[Job], exc: BaseException, api: str, count_streak: bool = True
-    ) -> None:
-        # One answer is one rate-limit step, however many records it refused.
-        if count_streak and isinstance(exc, RateLimited):
-            self._rate_streak[api] += 1
+    def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException, api: str, streak: int) -> None:
+        """Put ``exc``'s outcome on each job; ``streak`` counts ``api``'s rate limits in a row."""
         now = self.clock()
         for job in jobs:
             event = job.main_event
             assert event is not None
-            outcome = classify(
-                exc, event, event.attempt_floor, self.retry, now, self._rate_streak[api]
-            )
+            outcome = classify(exc, event, event.attempt_floor, self.retry, now, streak)
             job.result.append(replace(outcome, stage=job.stage))
             log.warning(
                 "dispatch_retry" if outcome.state == "retrying" else "dispatch_failed",
@@ -298,82 +308,6 @@ class Dispatcher:
                 error_code=outcome.error_code,
                 counts_attempt=outcome.counts_attempt,
             )
-
-    # -- target workers --------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        while True:
-            while not self._ready:
-                self._ready_signal.clear()
-                await self._ready_signal.wait()
-            batch: list[Job] = []
-            now = self.clock()
-            while self._ready and len(batch) < self.target.batch_size:
-                job = self._ready.popleft()
-                if now > job.start_by:
-                    self._give_up([job], "lease_half_spent_in_queue")
-                else:
-                    batch.append(job)
-            if not batch:
-                continue
-            try:
-                await self._call_target(batch)
-                await self._record(batch)
-            except Exception:
-                log.exception("target_round_failed", contacts=len(batch))
-                # Leases expire and the contacts are claimed again: nothing is lost.
-                self._give_up(batch, "target_round_failed")
-
-    async def _call_target(self, batch: list[Job]) -> None:
-        deletes = [j for j in batch if j.op == "delete"]
-        upserts = [j for j in batch if j.op == "upsert"]
-        if deletes:
-            await asyncio.gather(*(self._delete(j) for j in deletes))
-        if not upserts:
-            return
-        requests = [j.request for j in upserts if j.request is not None]
-        try:
-            if len(requests) == 1:
-                results: list[UpsertResult | UpstreamError] = [
-                    await self.target.upsert(requests[0])
-                ]
-            else:
-                results = await self.target.upsert_batch(requests)
-        except Exception as exc:
-            self._fail_jobs(upserts, exc, "target")
-            return
-        if any(isinstance(r, RateLimited) for r in results):
-            self._rate_streak["target"] += 1
-        for job, result in zip(upserts, results, strict=True):
-            if isinstance(result, UpstreamError):
-                self._fail_jobs([job], result, "target", count_streak=False)
-            else:
-                self._synced(job, result)
-        if all(not isinstance(r, RateLimited) for r in results):
-            self._rate_streak["target"] = 0
-
-    def _synced(self, job: Job, result: UpsertResult) -> None:
-        job.synced(result)
-        log.info(
-            "event_synced",
-            event_id=job.result[-1].event_id,
-            contact_id=job.object_id,
-            kind=job.result[-1].target_kind,
-            target_id=result.target_id,
-            created=result.created,
-            reason=job.reason,
-        )
-
-    async def _delete(self, job: Job) -> None:
-        event = job.plan.delete
-        assert event is not None
-        try:
-            count = await self.target.delete(str(job.object_id))
-        except Exception as exc:
-            self._fail_jobs([job], exc, "target")
-            return
-        job.deleted()
-        log.info("contact_deleted", event_id=event.id, contact_id=job.object_id, records=count)
 
     # -- recording -------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ Several stateless instances share one database. What makes that safe:
   before any request in the group is answered (group commit, as the SQLite store).
 - **Claims** lease whole contacts. The lease row of each candidate contact is locked
   with ``FOR UPDATE SKIP LOCKED`` and given an owner and an expiry in one transaction,
-  so two instances never hold one contact, and a dead instance's leases simply expire.
+  so two instances never hold one contact, and a dead instance's leases simply expire
+  (see :mod:`receiver.store.postgres_dispatch`).
 - **Wake-ups** cross instances through ``LISTEN/NOTIFY`` (see
   :mod:`receiver.store.postgres_listen`); the dispatcher's polling is the fallback.
 - **Counts** come from an insert-only delta table kept by statement-level triggers,
@@ -43,10 +44,12 @@ from receiver.models import (
     TargetRecord,
 )
 from receiver.store import postgres_bulk as bulk
+from receiver.store import postgres_dispatch as dispatch
 from receiver.store import postgres_records as records
 from receiver.store import postgres_sql as q
 from receiver.store.base import IngestResult, ReplayRefusal
 from receiver.store.group_commit import GroupCommitter, IngestRequest
+from receiver.store.postgres_dispatch import CONTACT_COLUMNS
 from receiver.store.postgres_listen import NotifyListener
 from receiver.store.postgres_schema import MIGRATIONS, OPEN_SQL, SCHEMA_TABLE
 from receiver.store.rows import EVENT_COLUMNS, DollarParams, event_from_row, filter_sql
@@ -54,16 +57,12 @@ from receiver.store.rows import EVENT_COLUMNS, DollarParams, event_from_row, fil
 log = get_logger("receiver.store.postgres")
 
 POOL_MAX = 10
-# How many open events a claim looks at to find distinct contacts (as the SQLite store).
-CLAIM_SCAN = 5000
-CLAIM_TRIES = 3
 FOLD_S = 5.0
 FOLD_MIN_ROWS = 200
 CONNECT_TIMEOUT_S = 10.0
 # Two group-commit writers: one builds and sends the next group while the other waits
 # for its commit to be flushed (PostgreSQL flushes concurrent commits together).
 WRITERS = 2
-CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at"
 
 
 class PostgresStore:
@@ -216,51 +215,7 @@ class PostgresStore:
         self, owner: str, now: float, lease_s: float, max_contacts: int
     ) -> list[ClaimedContact]:
         """Lease up to ``max_contacts`` contacts with due events, oldest first."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            ids = await self._lease(conn, owner, now, lease_s, max_contacts)
-            if not ids:
-                return []
-            rows = await conn.fetch(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE object_id = ANY($1::bigint[])"
-                f" AND {OPEN_SQL} AND next_attempt_at <= $2 ORDER BY occurred_at, id",
-                ids,
-                now,
-            )
-            states = {
-                r[0]: ContactState(*r)
-                for r in await conn.fetch(
-                    f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE object_id = ANY($1::bigint[])",
-                    ids,
-                )
-            }
-        by_contact: dict[int, list[StoredEvent]] = {i: [] for i in ids}
-        for row in rows:
-            event = event_from_row(row)
-            by_contact[event.object_id].append(event)  # type: ignore[index]
-        return [ClaimedContact(i, tuple(by_contact[i]), states.get(i)) for i in ids]
-
-    @staticmethod
-    async def _lease(
-        conn: Any, owner: str, now: float, lease_s: float, max_contacts: int
-    ) -> list[int]:
-        for _ in range(CLAIM_TRIES):
-            # Twice as many candidates as wanted: some may be mid-claim by another instance.
-            candidates = [
-                r[0]
-                for r in await conn.fetch(q.CLAIM_CANDIDATES, now, CLAIM_SCAN, max_contacts * 2)
-            ]
-            if not candidates:
-                return []
-            await conn.execute(q.CLAIM_ENSURE, candidates)
-            rows = await conn.fetch(
-                q.CLAIM_TAKE, candidates, now, max_contacts, owner, now + lease_s
-            )
-            taken = {r[0] for r in rows}
-            if taken:
-                return [i for i in candidates if i in taken]
-            # Every candidate was taken by another instance since our snapshot: look again,
-            # the next statement's snapshot sees their leases.
-        return []
+        return await dispatch.claim(self.pool, owner, now, lease_s, max_contacts)
 
     async def record(
         self,
@@ -271,25 +226,7 @@ class PostgresStore:
         now: float,
     ) -> None:
         """Record outcomes and contact state, and release leases, in one transaction."""
-        updates = q.merge_outcomes(outcomes)
-        history = [
-            (o.event_id, "retry" if o.state == "retrying" else o.state, o.error_code,
-             o.error_message)
-            for o in outcomes
-            if o.counts_attempt
-        ]  # fmt: skip
-        contact_rows = q.contact_rows(contacts)
-        async with self.pool.acquire() as conn, conn.transaction():
-            if updates:
-                await conn.execute(q.RECORD_EVENTS, *q.columns(updates, 11), now)
-            if history:
-                await conn.execute(q.RECORD_HISTORY, *q.columns(history, 4), now)
-            if contact_rows:
-                await conn.execute(q.RECORD_CONTACTS, *q.columns(contact_rows, 5), now)
-            if release:
-                await conn.execute(q.RELEASE, sorted(set(release)), owner)
-            if any(o.state == "synced" for o in outcomes):
-                await conn.execute(q.MARK_SYNCED, now)
+        await dispatch.record(self.pool, owner, outcomes, contacts, release, now)
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
