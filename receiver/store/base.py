@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from receiver.models import (
+    OPEN_STATES,
     ClaimedContact,
     ContactState,
     ContactUpdate,
@@ -34,6 +35,29 @@ class ReplayRefusal:
 
     event_id: int
     reason: str
+
+
+def split_replayable(
+    event_ids: Sequence[int], states: Mapping[int, str]
+) -> tuple[list[ReplayRefusal], list[int]]:
+    """Which events a replay may send back to pending, and why the others may not.
+
+    ``states`` maps the ids that exist to their state. Open events are already queued,
+    and an invalid event has nothing to process.
+    """
+    refusals = []
+    ok = []
+    for event_id in event_ids:
+        state = states.get(event_id)
+        if state is None:
+            refusals.append(ReplayRefusal(event_id, "no such event"))
+        elif state in OPEN_STATES:
+            refusals.append(ReplayRefusal(event_id, f"the event is {state}: already queued"))
+        elif state == "invalid":
+            refusals.append(ReplayRefusal(event_id, "an invalid event cannot be processed"))
+        else:
+            ok.append(event_id)
+    return refusals, ok
 
 
 class EventStore(Protocol):

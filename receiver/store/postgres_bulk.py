@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from receiver.models import OPEN_STATES, EventFilter
-from receiver.store.base import ReplayRefusal
+from receiver.models import EventFilter
+from receiver.store.base import ReplayRefusal, split_replayable
 from receiver.store.rows import DollarParams, filter_sql
 
 CLOSED_VALID = "state NOT IN ('pending', 'retrying', 'invalid')"
@@ -30,18 +30,7 @@ async def replay(
         "SELECT id, state FROM events WHERE id = ANY($1::bigint[])", list(event_ids)
     )
     states = {r[0]: r[1] for r in rows}
-    refusals = []
-    ok = []
-    for event_id in event_ids:
-        state = states.get(event_id)
-        if state is None:
-            refusals.append(ReplayRefusal(event_id, "no such event"))
-        elif state in OPEN_STATES:
-            refusals.append(ReplayRefusal(event_id, f"the event is {state}: already queued"))
-        elif state == "invalid":
-            refusals.append(ReplayRefusal(event_id, "an invalid event cannot be processed"))
-        else:
-            ok.append(event_id)
+    refusals, ok = split_replayable(event_ids, states)
     if ok:
         await pool.execute(
             f"UPDATE events SET {REPLAY_SET} WHERE id = ANY($2::bigint[]) AND {CLOSED_VALID}",

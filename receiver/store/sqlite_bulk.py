@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from receiver.models import OPEN_STATES, EventFilter
-from receiver.store.base import ReplayRefusal
+from receiver.models import EventFilter
+from receiver.store.base import ReplayRefusal, split_replayable
 from receiver.store.rows import QmarkParams, filter_sql
 
 # Fewer bound values per statement than any SQLite build allows (999 before 3.32).
@@ -42,18 +42,7 @@ def replay(
     for part in _chunks(list(dict.fromkeys(event_ids))):
         marks = ",".join("?" * len(part))
         states.update(conn.execute(f"SELECT id, state FROM events WHERE id IN ({marks})", part))
-    refusals = []
-    ok = []
-    for event_id in event_ids:
-        state = states.get(event_id)
-        if state is None:
-            refusals.append(ReplayRefusal(event_id, "no such event"))
-        elif state in OPEN_STATES:
-            refusals.append(ReplayRefusal(event_id, f"the event is {state}: already queued"))
-        elif state == "invalid":
-            refusals.append(ReplayRefusal(event_id, "an invalid event cannot be processed"))
-        else:
-            ok.append(event_id)
+    refusals, ok = split_replayable(event_ids, states)
     if ok:
         conn.executemany(
             f"UPDATE events SET {_REPLAY_SET} WHERE id = ? AND {_REPLAYABLE}",
