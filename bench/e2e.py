@@ -25,7 +25,6 @@ import contextlib
 import itertools
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -79,25 +78,7 @@ def service_env(database_url: str, secret: str, **settings: str) -> dict[str, st
 
 
 def _start(env: Mapping[str, str], workdir: Path) -> servers.Server:
-    port = servers.free_port()
-    argv = [sys.executable, "-m", "receiver", "serve", "--host", servers.HOST]
-    log_path = workdir / f"sync-service-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*argv, "--port", str(port)],
-            env=dict(env),
-            cwd=servers.ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    server = servers.Server("service", process, port, log_path)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return servers.start_service(env, workdir, name="sync-service")
 
 
 @contextlib.asynccontextmanager

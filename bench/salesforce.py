@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -138,21 +137,7 @@ def _service_env(
 
 def _start_service(env: dict[str, str], workdir: Path) -> servers.Server:
     """``python -m receiver serve`` in a subprocess, once it answers ``/healthz``."""
-    port = servers.free_port()
-    argv = [sys.executable, "-m", "receiver", "serve", "--host", servers.HOST]
-    argv += ["--port", str(port)]
-    log_path = workdir / f"salesforce-service-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv, env=env, cwd=servers.ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
-    server = servers.Server("service", process, port, log_path)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return servers.start_service(env, workdir, name="salesforce-service")
 
 
 @contextlib.asynccontextmanager

@@ -126,6 +126,13 @@ def _start(name: str, argv: list[str], env: dict[str, str], port: int, workdir: 
     return server
 
 
+def start_service(env: Mapping[str, str], workdir: Path, name: str = "service") -> Server:
+    """``python -m receiver serve`` with ``env`` on a free port, once ``/healthz`` answers."""
+    port = free_port()
+    argv = [sys.executable, "-m", "receiver", "serve", "--host", HOST, "--port", str(port)]
+    return _start(name, argv, dict(env), port, workdir)
+
+
 @contextlib.contextmanager
 def service(
     database_url: str, secret: str, workdir: Path, *, ingest_only: bool = False

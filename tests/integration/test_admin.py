@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from receiver.app import create_app
 from receiver.exceptions import PermanentError, TransientError
 from tests.conftest import SECRET, build_settings
+from tests.support.clock import Clock
 from tests.support.servers import running_server
 from tests.support.webhooks import event, signed
 
@@ -28,16 +29,6 @@ EVENT_KEYS = {
 }  # fmt: skip
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 WAIT_S = 5.0
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Service:

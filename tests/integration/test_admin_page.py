@@ -17,6 +17,7 @@ from receiver.app import create_app
 from receiver.auth import COOKIE_NAME, SESSION_S
 from receiver.exceptions import PermanentError
 from tests.conftest import SECRET, build_settings
+from tests.support.clock import Clock
 from tests.support.servers import running_server
 from tests.support.webhooks import event, signed
 
@@ -24,16 +25,6 @@ TOKEN = "page-token-for-tests-9876543210fedcba"
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 T0 = 1_767_225_600.0
 WAIT_S = 5.0
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Page:

@@ -19,6 +19,7 @@ from receiver.app import create_app
 from receiver.dispatcher import STALL_S
 from tests.conftest import SECRET, build_settings
 from tests.fakes.hubspot import DEFAULT_TOKEN, create_fake_hubspot
+from tests.support.clock import Clock
 from tests.support.servers import running_server
 from tests.support.webhooks import event, signed
 
@@ -37,16 +38,6 @@ SPEC_METRICS = {
     "stagesync_upstream_calls": "counter",
     "stagesync_retries_scheduled": "counter",
 }
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Scrape:

@@ -18,22 +18,13 @@ from receiver.exceptions import PermanentError
 from receiver.models import EventFilter, Outcome
 from receiver.store.factory import make_store
 from tests.conftest import SECRET, build_settings
+from tests.support.clock import Clock
 from tests.support.servers import running_server
 from tests.support.webhooks import event, signed
 
 T0 = 1_767_225_600.0
 DAY = 86_400.0
 WAIT_S = 5.0
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def wait_for(check: Any) -> None:

@@ -1,0 +1,13 @@
+"""A clock the test moves by hand, for ``create_app(settings, clock=...)``."""
+
+from __future__ import annotations
+
+
+class Clock:
+    """Unix seconds, held at ``now`` until the test changes it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
