@@ -15,6 +15,14 @@ The claim loop is woken by each webhook commit and each recorded round (a releas
 contact may have new events), and polls every second for due retries, CLI replays and
 other instances' releases. Work due but leased elsewhere waits for those, never spins.
 
+Acknowledging comes first. While webhook commits keep arriving (one within the last
+``ingest_pace_s``, 100 ms), the claim loop waits that long after each round that found
+work, so a burst is acknowledged at the speed of the ingest path rather than sharing the
+process with one small dispatch round per commit; the rounds it does take are full ones.
+The events are durable already, and the backlog drains at full speed once the burst
+ends. An event arriving on its own still goes out at once: the pause follows a round,
+it never precedes the first one.
+
 Leases are not renewed; the wait they cover is bounded instead. At most a few target
 calls' worth of jobs per worker are in flight. A job whose lease is half gone before its
 remote call starts is dropped unrecorded, to be claimed again; a round that ends after
@@ -64,6 +72,8 @@ START_WITHIN = 0.5
 FULL_READS = 3
 #: How long the oldest event of a full claim has waited when the claim is a backlog.
 BACKLOG_S = 1.0
+#: While webhook commits keep coming, at most one claim round per this many seconds.
+INGEST_PACE_S = 0.1
 
 
 class ContactReader(Protocol):
@@ -94,6 +104,7 @@ class Dispatcher:
         concurrency: int = 4,
         max_in_flight: int | None = None,
         clock: Callable[[], float] = time.time,
+        ingest_pace_s: float = INGEST_PACE_S,
     ) -> None:
         self.store = store
         self.hubspot = hubspot
@@ -111,6 +122,9 @@ class Dispatcher:
             self.claim_size, CALLS_AHEAD * concurrency * target.batch_size
         )
         self.last_tick = self._claimed_at = 0.0
+        self.ingest_pace_s = ingest_pace_s
+        # Real time, not ``clock``: it spaces real waits, and a test's clock may stand still.
+        self._last_ingest = -float("inf")
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._in_flight = 0
@@ -140,6 +154,7 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Look for work now (called after each webhook commit)."""
+        self._last_ingest = time.monotonic()
         self._wake.set()
 
     def start(self) -> None:
@@ -196,6 +211,8 @@ class Dispatcher:
                 continue
             if not found:
                 await _wait(self._wake, await self._idle_wait())
+            elif time.monotonic() - self._last_ingest < self.ingest_pace_s:
+                await asyncio.sleep(self.ingest_pace_s)
 
     async def _idle_wait(self) -> float:
         """How long to sleep when nothing was claimable, unless woken first."""

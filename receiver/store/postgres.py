@@ -52,7 +52,7 @@ from receiver.store.group_commit import GroupCommitter, IngestRequest
 from receiver.store.postgres_dispatch import CONTACT_COLUMNS
 from receiver.store.postgres_listen import NotifyListener
 from receiver.store.postgres_schema import MIGRATIONS, OPEN_SQL, SCHEMA_TABLE
-from receiver.store.rows import EVENT_COLUMNS, DollarParams, event_from_row, filter_sql
+from receiver.store.rows import EVENT_COLUMNS, DollarParams, event_from_row, filter_sql, storable
 
 log = get_logger("receiver.store.postgres")
 
@@ -226,6 +226,7 @@ class PostgresStore:
         now: float,
     ) -> None:
         """Record outcomes and contact state, and release leases, in one transaction."""
+        outcomes, contacts = storable(outcomes, contacts)
         await dispatch.record(self.pool, owner, outcomes, contacts, release, now)
 
     async def next_due_at(self, now: float) -> float | None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from receiver.models import EventFilter, StoredEvent
+from receiver.models import ContactUpdate, EventFilter, Outcome, StoredEvent
 
 EVENT_COLUMNS = (
     "id, state, reason, object_id, subscription_type, occurred_at, stage, attempts, "
@@ -37,6 +38,41 @@ def event_from_row(row: Sequence[Any]) -> StoredEvent:
         raw=orjson.loads(raw) if raw is not None else {},
         attempt_floor=row[15],
     )
+
+
+def _has_nul(*texts: str | None) -> bool:
+    return any(t is not None and "\x00" in t for t in texts)
+
+
+def _clean(text: str | None) -> str | None:
+    return text.replace("\x00", "\ufffd") if text is not None else None
+
+
+def storable(
+    outcomes: Sequence[Outcome], contacts: Sequence[ContactUpdate]
+) -> tuple[Sequence[Outcome], Sequence[ContactUpdate]]:
+    """``outcomes`` and ``contacts`` with each NUL character of their texts made U+FFFD.
+
+    Both stores record them so: PostgreSQL's ``text`` cannot hold a NUL, SQLite's JSON
+    functions end a text at one, and an error message quoted from a target might carry
+    one; recording must not fail over it.
+    """
+    if any(
+        _has_nul(o.reason, o.stage, o.error_code, o.error_message, o.target_kind, o.target_id)
+        for o in outcomes
+    ):
+        outcomes = [
+            replace(o, reason=_clean(o.reason), stage=_clean(o.stage),
+                    error_code=_clean(o.error_code), error_message=_clean(o.error_message),
+                    target_kind=_clean(o.target_kind), target_id=_clean(o.target_id))
+            for o in outcomes
+        ]  # fmt: skip
+    if any(_has_nul(c.kind, c.target_id, c.stage) for c in contacts):
+        contacts = [
+            replace(c, kind=_clean(c.kind), target_id=_clean(c.target_id), stage=_clean(c.stage))
+            for c in contacts
+        ]
+    return outcomes, contacts
 
 
 def filter_sql(flt: EventFilter, param: Callable[[Any], str]) -> str:

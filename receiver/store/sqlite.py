@@ -9,7 +9,8 @@ and the CLI's writes share another (:mod:`receiver.store.sqlite_thread`, with th
 functions of :mod:`receiver.store.sqlite_dispatch` and :mod:`receiver.store.sqlite_bulk`).
 Requests arriving during a commit form the next group, so the fsync cost is shared under
 load and a lone request is never held back. Reads use a third connection (aiosqlite),
-which WAL lets run beside writes.
+which WAL lets run beside writes, and a fourth copies the WAL back into the database
+file (:mod:`receiver.store.sqlite_checkpoint`), so that no commit has to.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from receiver.models import (
 )
 from receiver.store import sqlite_bulk, sqlite_dispatch
 from receiver.store.base import IngestResult, ReplayRefusal
-from receiver.store.rows import EVENT_COLUMNS, QmarkParams, event_from_row, filter_sql
+from receiver.store.rows import (
+    EVENT_COLUMNS,
+    QmarkParams,
+    event_from_row,
+    filter_sql,
+    storable,
+)
+from receiver.store.sqlite_checkpoint import Checkpointer
 from receiver.store.sqlite_dispatch import OPEN
 from receiver.store.sqlite_ingest import SQLiteIngest
 from receiver.store.sqlite_schema import migrate
@@ -59,6 +67,7 @@ class SQLiteStore:
         self._lock = WriteLock()
         self._writer: SQLiteWriter | None = None
         self._ingest: SQLiteIngest | None = None
+        self._checkpointer: Checkpointer | None = None
         self._listeners: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -82,6 +91,8 @@ class SQLiteStore:
             self._r = await self._connect_reader()
             self._ingest = SQLiteIngest(partial(connect, self.path), self._lock, self._notify)
             await self._ingest.open()
+            self._checkpointer = Checkpointer(self.path)
+            await self._checkpointer.start()
         except BaseException:
             await self.close()  # leave no connection or thread behind
             raise
@@ -91,6 +102,9 @@ class SQLiteStore:
         if self._ingest is not None:
             await self._ingest.close()
             self._ingest = None
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
@@ -150,6 +164,7 @@ class SQLiteStore:
         now: float,
     ) -> None:
         """Record outcomes and contact state, and release leases, in one transaction."""
+        outcomes, contacts = storable(outcomes, contacts)
         await self._wr.transaction(sqlite_dispatch.record, owner, outcomes, contacts, release, now)
 
     async def next_due_at(self, now: float) -> float | None:
@@ -238,7 +253,9 @@ class SQLiteStore:
 
     async def replay(self, event_ids: Sequence[int], now: float) -> list[ReplayRefusal]:
         """Send closed events back to pending; refuse open, invalid or unknown ones."""
-        refusals, replayed = await self._wr.transaction(sqlite_bulk.replay, event_ids, now)
+        refusals, replayed = await self._wr.transaction(
+            sqlite_bulk.replay, event_ids, now, durable=True
+        )
         if replayed:
             self._notify()
         return refusals
@@ -255,7 +272,7 @@ class SQLiteStore:
         last_id = None
         while True:
             count, last_id = await self._wr.transaction(
-                sqlite_bulk.replay_chunk, flt, now, chunk, last_id
+                sqlite_bulk.replay_chunk, flt, now, chunk, last_id, durable=True
             )
             if last_id is None:
                 return total

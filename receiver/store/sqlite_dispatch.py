@@ -2,13 +2,21 @@
 
 Each runs whole in the writer thread (see :mod:`receiver.store.sqlite_thread`), between
 ``BEGIN IMMEDIATE`` and ``COMMIT``, so a claim or a record costs one thread hop.
+
+Writes of many rows are one statement each over ``json_each(?)``, not ``executemany``:
+``sqlite3`` takes the GIL back after every row it steps, and while webhooks are being
+parsed on the event loop each of those takes waits its turn, which stretched a round's
+transaction, and the write lock every webhook commit waits for. The texts carry no NUL
+(see :func:`~receiver.store.rows.storable`), which SQLite's JSON functions would end a
+text at.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+
+import orjson
 
 from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome, StoredEvent
 from receiver.store.rows import EVENT_COLUMNS, event_from_row
@@ -29,27 +37,40 @@ _DUE_CONTACTS = f"""
     ) AS due
     GROUP BY object_id ORDER BY min(id) LIMIT ?
 """
-_LEASE = (
-    "INSERT INTO contact_leases(object_id, owner, until) VALUES (?, ?, ?)"
-    " ON CONFLICT(object_id) DO UPDATE SET owner = excluded.owner, until = excluded.until"
-)
-_UPDATE_EVENT = (
-    "UPDATE events SET state = ?, reason = ?, stage = coalesce(?, stage),"
-    " attempts = attempts + ?, last_error_code = ?, last_error_message = ?,"
-    " next_attempt_at = ?, target_kind = coalesce(?, target_kind),"
-    " target_id = coalesce(?, target_id), coalesced_into = ?, updated_at = ?"
-    " WHERE id = ?"
-)
-_INSERT_HISTORY = (
+# The same writes, one statement per table for a whole round (see the module docstring).
+_UPDATE_EVENTS_JSON = """
+    UPDATE events SET state = u.state, reason = u.reason, stage = coalesce(u.stage, events.stage),
+        attempts = events.attempts + u.counts, last_error_code = u.code,
+        last_error_message = u.message, next_attempt_at = u.next_at,
+        target_kind = coalesce(u.kind, events.target_kind),
+        target_id = coalesce(u.target_id, events.target_id), coalesced_into = u.into_id,
+        updated_at = ?2
+    FROM (SELECT value ->> 0 AS state, value ->> 1 AS reason, value ->> 2 AS stage,
+                 value ->> 3 AS counts, value ->> 4 AS code, value ->> 5 AS message,
+                 value ->> 6 AS next_at, value ->> 7 AS kind, value ->> 8 AS target_id,
+                 value ->> 9 AS into_id, value ->> 10 AS id
+          FROM json_each(?1)) AS u
+    WHERE events.id = u.id
+"""
+_INSERT_HISTORY_JSON = (
     "INSERT INTO event_history(event_id, at, outcome, error_code, error_message)"
-    " VALUES (?, ?, ?, ?, ?)"
+    " SELECT value ->> 0, ?2, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1)"
 )
-_UPSERT_CONTACT = (
+_UPSERT_CONTACTS_JSON = (
     "INSERT INTO contacts(object_id, kind, target_id, stage, last_occurred_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2"
+    " FROM json_each(?1) WHERE true"
     " ON CONFLICT(object_id) DO UPDATE SET kind = excluded.kind,"
     " target_id = excluded.target_id, stage = excluded.stage,"
     " last_occurred_at = excluded.last_occurred_at, updated_at = excluded.updated_at"
+)
+_RELEASE_JSON = (
+    "DELETE FROM contact_leases WHERE owner = ?2 AND object_id IN (SELECT value FROM json_each(?1))"
+)
+_LEASE_JSON = (
+    "INSERT INTO contact_leases(object_id, owner, until)"
+    " SELECT value, ?2, ?3 FROM json_each(?1) WHERE true"
+    " ON CONFLICT(object_id) DO UPDATE SET owner = excluded.owner, until = excluded.until"
 )
 _LAST_SYNCED = (
     "INSERT INTO meta(key, value) VALUES ('last_synced_at', ?)"
@@ -65,7 +86,7 @@ def claim(
     if not ids:
         return []
     until = now + lease_s
-    conn.executemany(_LEASE, [(i, owner, until) for i in ids])
+    conn.execute(_LEASE_JSON, (orjson.dumps(ids), owner, until))
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
         f"SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_object"
@@ -96,35 +117,26 @@ def record(
     release: Sequence[int],
     now: float,
 ) -> None:
-    """Record outcomes and contact state, and release leases."""
-    updates: list[tuple[Any, ...]] = [
-        (o.state, o.reason, o.stage, 1 if o.counts_attempt else 0, o.error_code,
-         o.error_message, o.next_attempt_at or 0, o.target_kind, o.target_id,
-         o.coalesced_into, now, o.event_id)
-        for o in outcomes
-    ]  # fmt: skip
+    """Record outcomes and contact state, and release leases: a statement per table."""
+    if outcomes:
+        updates = [
+            (o.state, o.reason, o.stage, 1 if o.counts_attempt else 0, o.error_code,
+             o.error_message, o.next_attempt_at or 0, o.target_kind, o.target_id,
+             o.coalesced_into, o.event_id)
+            for o in outcomes
+        ]  # fmt: skip
+        conn.execute(_UPDATE_EVENTS_JSON, (orjson.dumps(updates), now))
     history = [
-        (o.event_id, now, "retry" if o.state == "retrying" else o.state, o.error_code,
-         o.error_message)
+        (o.event_id, "retry" if o.state == "retrying" else o.state, o.error_code, o.error_message)
         for o in outcomes
         if o.counts_attempt
-    ]  # fmt: skip
-    if updates:
-        conn.executemany(_UPDATE_EVENT, updates)
+    ]
     if history:
-        conn.executemany(_INSERT_HISTORY, history)
+        conn.execute(_INSERT_HISTORY_JSON, (orjson.dumps(history), now))
     if contacts:
-        conn.executemany(
-            _UPSERT_CONTACT,
-            [
-                (c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at, now)
-                for c in contacts
-            ],
-        )
+        people = [(c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at) for c in contacts]
+        conn.execute(_UPSERT_CONTACTS_JSON, (orjson.dumps(people), now))
     if release:
-        conn.executemany(
-            "DELETE FROM contact_leases WHERE object_id = ? AND owner = ?",
-            [(i, owner) for i in release],
-        )
+        conn.execute(_RELEASE_JSON, (orjson.dumps(list(release)), owner))
     if any(o.state == "synced" for o in outcomes):
         conn.execute(_LAST_SYNCED, (repr(now),))

@@ -3,6 +3,19 @@
 A transaction of the store is one plain function run in that thread: one thread hop per
 transaction, however many statements it makes, and SQLite releases the GIL while it
 works, so the event loop keeps serving requests meanwhile.
+
+Durability. Webhook commits, and the operator's replays, flush the WAL before they
+return (``synchronous=FULL``): they are acknowledged. The dispatcher's bookkeeping
+(claims, outcomes, dry-run records) commits with ``synchronous=NORMAL``: no flush of its
+own, so it does not hold the write lock, that webhook commits wait for, through an fsync.
+A kill of the process loses none of it (the WAL is in the OS); a power loss may roll
+back its last commits, never a webhook's, because the WAL is replayed in order and each
+webhook commit flushes everything written before it. What a rolled-back outcome costs is
+the SPEC's "crash between an upsert and its commit": the contact is synced again, and
+upserts are idempotent.
+
+None of these connections checkpoints: :class:`~receiver.store.sqlite_checkpoint.Checkpointer`
+does, in a thread of its own, so no commit waits for the WAL to be copied back.
 """
 
 from __future__ import annotations
@@ -24,19 +37,34 @@ PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",
 )
+# Past this many WAL pages (64 MiB) a committing connection checkpoints after all: a
+# safety net for a checkpointer that cannot keep up, not the normal way.
+AUTOCHECKPOINT_PAGES = 16384
+WRITER_PRAGMAS = (f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}",)
+BOOKKEEPING = "PRAGMA synchronous = NORMAL"
+DURABLE = "PRAGMA synchronous = FULL"
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """A plain connection in autocommit mode with the store's pragmas."""
+def connect(path: str, extra: tuple[str, ...] = WRITER_PRAGMAS) -> sqlite3.Connection:
+    """A plain connection in autocommit mode with the store's pragmas, then ``extra``."""
     # Not pinned to the thread that opens it, so a test may trace it.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        for pragma in PRAGMAS:
+        for pragma in (*PRAGMAS, *extra):
             conn.execute(pragma)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def durable_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """:func:`in_transaction` with ``synchronous=FULL`` on a bookkeeping connection."""
+    conn.execute(DURABLE)
+    try:
+        return in_transaction(conn, fn, *args)
+    finally:
+        conn.execute(BOOKKEEPING)
 
 
 def in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
@@ -72,7 +100,11 @@ async def run_to_end(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
 
 
 class SQLiteWriter:
-    """The dispatcher's and the CLI's writes: a connection and a thread of their own."""
+    """The dispatcher's and the CLI's writes: a connection and a thread of their own.
+
+    Its transactions are bookkeeping (``synchronous=NORMAL``, see the module docstring)
+    unless made with ``durable=True``.
+    """
 
     def __init__(self, path: str, lock: WriteLock) -> None:
         self._path = path
@@ -82,7 +114,9 @@ class SQLiteWriter:
 
     async def open(self) -> None:
         """Connect in the writer thread."""
-        self._conn = await run_to_end(self._thread, connect, self._path)
+        self._conn = await run_to_end(
+            self._thread, connect, self._path, (*WRITER_PRAGMAS, BOOKKEEPING)
+        )
 
     async def close(self) -> None:
         """Wait for the transaction in progress, then close the connection and thread."""
@@ -100,10 +134,14 @@ class SQLiteWriter:
                 raise RuntimeError("store is not open")
             return await run_to_end(self._thread, fn, conn, *args)
 
-    async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(conn, *args)`` as one transaction, holding the write lock, in one hop."""
+    async def transaction(self, fn: Callable[..., T], *args: Any, durable: bool = False) -> T:
+        """``fn(conn, *args)`` as one transaction, holding the write lock, in one hop.
+
+        ``durable``: flushed to disk before this returns, as an acknowledged write must be.
+        """
+        run = durable_transaction if durable else in_transaction
         async with self._lock:
             conn = self._conn
             if conn is None:
                 raise RuntimeError("store is not open")
-            return await run_to_end(self._thread, in_transaction, conn, fn, *args)
+            return await run_to_end(self._thread, run, conn, fn, *args)

@@ -4,6 +4,7 @@ conflict handling, closing with requests in flight, the claim's indexes."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -152,3 +153,63 @@ async def test_upsert_of_one_record_twice_in_a_call_merges_into_the_first(
     assert first == [("dry-lead-7", True), ("dry-lead-7", False), ("dry-contact-7", True)]
     assert again == [("dry-lead-7", False)]
     assert records == {("lead", "7"): {"a": 1, "b": 2, "c": 3}, ("contact", "7"): {}}
+
+
+def file_size(path: str) -> int:
+    return os.stat(path).st_size
+
+
+def synchronous(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_bookkeeping_commits_skip_the_flush_and_replays_and_webhooks_keep_it(
+    tmp_path: Path,
+) -> None:
+    from receiver.store.sqlite_thread import SQLiteWriter
+    from receiver.store.write_lock import WriteLock
+
+    writer = SQLiteWriter(str(tmp_path / "sync.db"), WriteLock())
+    await writer.open()
+    try:
+        normal, full = 1, 2
+        assert await writer.transaction(synchronous) == normal
+        assert await writer.transaction(synchronous, durable=True) == full
+        assert await writer.transaction(synchronous) == normal  # set back afterwards
+    finally:
+        await writer.close()
+    ingest = connect(str(tmp_path / "sync.db"))
+    try:
+        assert synchronous(ingest) == full
+        assert ingest.execute("PRAGMA wal_autocheckpoint").fetchone()[0] >= 10_000
+    finally:
+        ingest.close()
+
+
+async def test_the_checkpointer_copies_the_wal_back_so_commits_start_it_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wal.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        wal = f"{path}-wal"
+        for n in range(5):
+            await store.ingest(
+                to_new_events([event(n * 1000 + i, "lead", event_id=n * 1000 + i)
+                               for i in range(500)]),
+                NOW,
+            )  # fmt: skip
+        grown = file_size(wal)
+        # Two intervals: the checkpointer has copied the WAL back, with no commit's help.
+        await asyncio.sleep(0.6)
+        for n in range(5, 10):
+            await store.ingest(
+                to_new_events([event(n * 1000 + i, "lead", event_id=n * 1000 + i)
+                               for i in range(500)]),
+                NOW,
+            )  # fmt: skip
+        # The second burst reused the WAL from its start instead of growing it.
+        assert file_size(wal) <= grown * 1.2
+    finally:
+        await store.close()

@@ -391,6 +391,30 @@ async def test_dry_run_records_merge_fields_and_tell_created_from_updated(
     assert [r.hubspot_id for r in await store.list_records()] == ["2"]
 
 
+async def test_record_keeps_quoted_texts_exactly_and_makes_a_nul_a_replacement_character(
+    store: EventStore,
+) -> None:
+    await store.ingest(batch(event(1, "lead"), event(2, "lead")), NOW)
+    claimed = await store.claim("a", NOW, 30, 10)
+    ids = [c.events[0].id for c in claimed]
+    odd = 'bad \x00 "quoted" \\ text \u00e9'
+    await store.record(
+        "a",
+        [Outcome(ids[0], "failed", error_code="E\x001", error_message=odd),
+         Outcome(ids[1], "failed", error_code="E2", error_message="plain")],
+        [ContactUpdate(1, "lead", "L\x001", "lead", 1)], [1, 2], NOW + 1,
+    )  # fmt: skip
+    first, second = await store.get_event(ids[0]), await store.get_event(ids[1])
+    assert first is not None and second is not None
+    kept = odd.replace("\x00", "\ufffd")
+    assert (first.last_error_code, first.last_error_message) == ("E\ufffd1", kept)
+    assert (second.last_error_code, second.last_error_message) == ("E2", "plain")
+    assert await store.get_contact(1) == ContactState(1, "lead", "L\ufffd1", "lead", 1)
+    assert [(h.error_code, h.error_message) for h in await store.history(ids[0])] == [
+        ("E\ufffd1", kept)
+    ]
+
+
 # -- PostgreSQL only -----------------------------------------------------------------
 
 

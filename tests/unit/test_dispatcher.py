@@ -628,3 +628,30 @@ async def test_a_failing_store_write_loses_nothing_and_frees_the_slot() -> None:
         rig.dispatcher.wake()
         (done,) = await rig.final(eid)
         assert done.state == "synced"
+
+
+async def synced_after(pace_s: float) -> tuple[float, float]:
+    """Seconds from sending until a lone first event, then a second one, were synced.
+
+    The second event arrives while the round of the first may still be running: ingest
+    is busy.
+    """
+    async with running(ingest_pace_s=pace_s) as rig:
+        started = time.monotonic()
+        [first] = await rig.send(stage_event(1, "lead"))
+        await rig.final(first)
+        lone = time.monotonic() - started
+        [second] = await rig.send(stage_event(2, "lead"))
+        await rig.final(second)
+        return lone, time.monotonic() - started
+
+
+async def test_while_webhooks_keep_coming_claim_rounds_are_spaced_by_the_ingest_pace() -> None:
+    lone, both = await synced_after(0.5)
+    assert lone < 0.4  # the pause follows a round: a lone event goes out at once
+    assert both >= 0.45  # the second round waited for the pace
+
+
+async def test_without_an_ingest_pace_the_next_round_follows_at_once() -> None:
+    lone, both = await synced_after(0.0)
+    assert lone < 0.4 and both < 0.4
