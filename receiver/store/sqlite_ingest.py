@@ -1,12 +1,19 @@
 """The SQLite store's ingest path: group commit with one statement per group.
 
-Webhook requests queue their events (see :class:`~receiver.store.group_commit.GroupCommitter`).
-The writer takes everything queued and hands it to a thread of its own, with a
-connection of its own, as **one** ``INSERT ... SELECT FROM json_each(?)`` statement in
-autocommit mode: SQLite parses the rows, inserts them and commits (one fsync,
-``synchronous=FULL``) inside a single call that does not hold the GIL. So the group
-costs one thread hop, whatever its size, and the rows are never bound one by one from
-Python; the event loop keeps parsing the next requests meanwhile.
+Webhook requests queue their events and wait. The ingest thread, with a connection of
+its own, takes everything queued as one group and commits it as **one**
+``INSERT ... SELECT FROM json_each(?)`` statement in autocommit mode: SQLite parses the
+rows, inserts them and commits (one fsync, ``synchronous=FULL``) inside a single call
+that does not hold the GIL, and the rows are never bound one by one from Python. Then
+the thread hands the group's answers to the event loop in one callback and takes the
+next group at once. Requests that arrive during a commit form the next group, so the
+flush is shared under load while a lone request is never held back.
+
+Why a thread that loops rather than a hop from the event loop per group: the commits
+then follow one another without waiting for the event loop, which under load has a
+queue of requests to parse before it would see that a commit finished; only the answers
+wait for it. A group that SQLite refuses is committed again request by request, so one
+bad request cannot fail the others.
 
 The rows travel as one JSON array; the 24-byte duplicate keys and the raw events travel
 as two concatenated blobs, cut out with ``substr`` so they are stored byte for byte.
@@ -27,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +44,11 @@ import orjson
 
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
-from receiver.store.group_commit import GroupCommitter, IngestRequest
-from receiver.store.sqlite_thread import run_to_end
 from receiver.store.write_lock import WriteLock
 
 KEY_LENGTH = 24
+# The most events one group commits; a request is never split.
+MAX_GROUP_EVENTS = 20_000
 # The largest numerator and denominator of a clock value that SQLite turns back into the
 # very same double: an integer of at most 53 bits, divided by a power of two.
 _MAX_NUMERATOR = 1 << 53
@@ -173,52 +181,139 @@ def results(batch: GroupRows, inserted: set[bytes] | None) -> list[IngestResult]
     return out
 
 
+@dataclass
+class _Request:
+    events: Sequence[NewEvent]
+    now: float
+    future: asyncio.Future[IngestResult]
+
+
 class SQLiteIngest:
-    """Group commit on a connection and a thread of its own; see the module docstring."""
+    """Group commit in a thread and on a connection of its own; see the module docstring."""
 
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
         lock: WriteLock,
         on_commit: Callable[[], None],
+        max_events: int = MAX_GROUP_EVENTS,
     ) -> None:
         self._connect = connect
         self._lock = lock
-        self._conn: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-ingest")
-        self._committer = GroupCommitter(self._commit, on_commit)
-        self.commits = 0  # groups committed, each one transaction and one fsync
+        self._on_commit = on_commit
+        self._max_events = max_events
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Request] = deque()
+        self._idle = False
         self._closing = False
+        self._stopped: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0  # groups committed, each one transaction and one fsync
 
     async def open(self) -> None:
-        """Connect (in the ingest thread) and start the writer."""
-        self._conn = await self._run(self._connect)
-        self._committer.start()
+        """Start the ingest thread, once it has connected."""
+        loop = self._loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        stopped: asyncio.Future[None] = loop.create_future()
+        thread = threading.Thread(
+            target=self._run, args=(opened, stopped), name="sqlite-ingest", daemon=True
+        )
+        thread.start()
+        await opened
+        self._stopped = stopped
 
     async def close(self) -> None:
-        """Answer every queued request, then close the connection and the thread."""
-        # No request may join the queue once it is drained: it would never be answered.
-        self._closing = True
-        await self._committer.stop()
-        if self._conn is not None:
-            await self._run(self._conn.close)
-            self._conn = None
-        self._thread.shutdown(wait=True)
+        """Answer every queued request, then stop the thread and close its connection."""
+        with self._cond:
+            # No request may join the queue from now on: it would never be answered.
+            self._closing = True
+            self._cond.notify()
+        if self._stopped is not None:
+            await self._stopped  # the answers the thread sends arrive before it
+            self._stopped = None
 
     async def ingest(self, events: Sequence[NewEvent], now: float) -> IngestResult:
         """Queue ``events`` and return once their group is committed."""
-        if self._closing:
-            raise RuntimeError("store is closing")
-        return await self._committer.submit(events, now)
+        assert self._loop is not None, "store is not open"
+        future: asyncio.Future[IngestResult] = self._loop.create_future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("store is closing")
+            self._queue.append(_Request(events, now, future))
+            if self._idle:
+                self._cond.notify()
+        return await future
 
-    async def _commit(self, group: list[IngestRequest]) -> list[IngestResult]:
-        conn = self._conn
-        assert conn is not None, "store is not open"
+    # -- the ingest thread -----------------------------------------------------------
+
+    def _run(self, opened: asyncio.Future[None], stopped: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, opened, exc)
+            return
+        loop.call_soon_threadsafe(_settle, opened, None)
+        try:
+            while group := self._next_group():
+                try:
+                    answers = self._commit(conn, group)
+                except Exception as exc:  # a bug: answer 503 rather than never
+                    answers = [exc] * len(group)
+                loop.call_soon_threadsafe(self._answer, group, answers)
+        finally:
+            conn.close()
+            loop.call_soon_threadsafe(_settle, stopped, None)
+
+    def _next_group(self) -> list[_Request]:
+        """Everything queued, up to ``max_events``; waits for some; empty once closed."""
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return []
+                self._idle = True
+                self._cond.wait()
+                self._idle = False
+            group = [self._queue.popleft()]
+            size = len(group[0].events)
+            while self._queue and size < self._max_events:
+                group.append(self._queue.popleft())
+                size += len(group[-1].events)
+            return group
+
+    def _commit(
+        self, conn: sqlite3.Connection, group: list[_Request]
+    ) -> list[IngestResult | BaseException]:
         batch = group_rows([(request.events, request.now) for request in group])
-        async with self._lock.urgent():
-            inserted = await run_to_end(self._thread, insert_group, conn, batch)
+        try:
+            with self._lock.urgent():
+                inserted = insert_group(conn, batch)
+        except Exception as exc:
+            if len(group) == 1:
+                return [exc]  # answered 503; HubSpot retries
+            # One request's data must not fail the others: commit each on its own.
+            return [answer for request in group for answer in self._commit(conn, [request])]
         self.commits += 1
-        return results(batch, inserted)
+        return list(results(batch, inserted))
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+    def _answer(self, group: list[_Request], answers: list[IngestResult | BaseException]) -> None:
+        """In the event loop: hand each request its result."""
+        for request, answer in zip(group, answers, strict=True):
+            if request.future.done():  # the request was cancelled meanwhile
+                continue
+            if isinstance(answer, BaseException):
+                request.future.set_exception(answer)
+            else:
+                request.future.set_result(answer)
+        if not all(isinstance(a, BaseException) for a in answers):
+            self._on_commit()
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)

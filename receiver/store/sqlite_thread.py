@@ -82,8 +82,8 @@ def in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -
 async def run_to_end(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn`` in ``executor``; if cancelled, still wait until it has returned.
 
-    The caller holds the write lock: it must not let the next writer in while this
-    transaction is still running in the thread.
+    A transaction handed to a thread runs to its end whatever happens to the caller:
+    returning early would let the caller believe it finished.
     """
     future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
     try:
@@ -99,11 +99,16 @@ async def run_to_end(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
+def _locked(lock: WriteLock, fn: Callable[..., T], *args: Any) -> T:
+    with lock:
+        return fn(*args)
+
+
 class SQLiteWriter:
     """The dispatcher's and the CLI's writes: a connection and a thread of their own.
 
     Its transactions are bookkeeping (``synchronous=NORMAL``, see the module docstring)
-    unless made with ``durable=True``.
+    unless made with ``durable=True``. Each takes the write lock in the writer thread.
     """
 
     def __init__(self, path: str, lock: WriteLock) -> None:
@@ -119,20 +124,20 @@ class SQLiteWriter:
         )
 
     async def close(self) -> None:
-        """Wait for the transaction in progress, then close the connection and thread."""
+        """Close the connection after the transactions already handed to the thread."""
         if self._conn is not None:
-            async with self._lock:
-                conn, self._conn = self._conn, None
-                await run_to_end(self._thread, conn.close)
+            conn, self._conn = self._conn, None
+            await run_to_end(self._thread, conn.close)
         self._thread.shutdown(wait=True)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return self._conn
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` holding the write lock, in one hop; ``fn`` makes its own."""
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise RuntimeError("store is not open")
-            return await run_to_end(self._thread, fn, conn, *args)
+        return await run_to_end(self._thread, _locked, self._lock, fn, self._connection(), *args)
 
     async def transaction(self, fn: Callable[..., T], *args: Any, durable: bool = False) -> T:
         """``fn(conn, *args)`` as one transaction, holding the write lock, in one hop.
@@ -140,8 +145,5 @@ class SQLiteWriter:
         ``durable``: flushed to disk before this returns, as an acknowledged write must be.
         """
         run = durable_transaction if durable else in_transaction
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise RuntimeError("store is not open")
-            return await run_to_end(self._thread, run, conn, fn, *args)
+        conn = self._connection()
+        return await run_to_end(self._thread, _locked, self._lock, run, conn, fn, *args)

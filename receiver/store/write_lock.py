@@ -1,97 +1,89 @@
-"""The SQLite store's write lock: webhook acks go before background writes.
+"""The SQLite store's write lock: webhook commits go before background writes.
 
-SQLite has one writer at a time. A webhook request waits for its commit before it is
-answered, while the dispatcher's writes (claims, outcomes, dry-run records) are
-background work on events that are already durable. So waiting ingest commits are let
-in before waiting dispatcher transactions; a burst is acknowledged at full speed and
-dispatched after. A background waiter that has waited ``max_wait_s`` is let in first,
-so sustained ingest slows dispatching down but never stops it.
+SQLite has one writer at a time. Two connections of the store write: webhook ingest's,
+from a thread of its own, and the dispatcher's (and replays' and retention's), from
+another. Each write transaction holds this lock, taken in the thread that writes, so the
+two never meet at SQLite's file lock, whose busy handler sleeps in steps of milliseconds.
+
+A webhook request waits for its commit before it is answered, while the dispatcher's
+writes concern events that are durable already. So a waiting ingest commit is let in
+before a waiting background write: a burst is acknowledged at full speed and dispatched
+after. A background writer that has waited ``max_wait_s`` goes first, so that sustained
+ingest slows dispatching down but never stops it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 
 DEFAULT_MAX_WAIT_S = 0.5
 
 
 class WriteLock:
-    """An asyncio lock with an ``urgent()`` way in; ``async with lock`` is the normal one."""
+    """A blocking lock for threads, with an ``urgent()`` way in; ``with lock`` is the normal one."""
 
     def __init__(
         self, max_wait_s: float = DEFAULT_MAX_WAIT_S, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        self._cond = threading.Condition(threading.Lock())
         self._held = False
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._normal: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._urgent = 0  # urgent waiters
+        self._normal: list[float] = []  # when each normal waiter started waiting
         self._max_wait_s = max_wait_s
         self._clock = clock
 
     def locked(self) -> bool:
-        """Whether someone holds the lock."""
+        """Whether a thread holds the lock."""
         return self._held
 
-    async def acquire(self, urgent: bool = False) -> None:
-        """Wait for the lock; urgent waiters are served before normal ones."""
-        if not self._held:
-            self._held = True
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (self._clock(), future)
-        if urgent:
-            self._urgent.append(future)
-        else:
-            self._normal.append(entry)
-        try:
-            await future
-        except BaseException:
-            if future.done() and not future.cancelled():
-                self.release()  # handed over just as we were cancelled: pass it on
-            elif urgent:
-                with contextlib.suppress(ValueError):
-                    self._urgent.remove(future)
+    def acquire(self, urgent: bool = False) -> None:
+        """Block until the lock is ours; urgent callers pass normal ones not yet overdue."""
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+                try:
+                    while self._held or self._overdue():
+                        self._cond.wait()
+                finally:
+                    self._urgent -= 1
             else:
-                with contextlib.suppress(ValueError):
-                    self._normal.remove(entry)
-            raise
+                since = self._clock()
+                self._normal.append(since)
+                try:
+                    while self._held or (self._urgent and not self._overdue(since)):
+                        # Once overdue, only a release can change anything.
+                        left = since + self._max_wait_s - self._clock()
+                        self._cond.wait(left if left > 0 else None)
+                finally:
+                    self._normal.remove(since)
+            self._held = True
 
     def release(self) -> None:
-        """Hand the lock to the next waiter, or free it."""
-        if not self._held:
-            raise RuntimeError("release of an unlocked WriteLock")
-        while True:
-            future = self._next()
-            if future is None:
-                self._held = False
-                return
-            if not future.done():
-                future.set_result(None)  # the lock passes on, still held
-                return
+        """Free the lock and wake the waiters, who settle who is next."""
+        with self._cond:
+            if not self._held:
+                raise RuntimeError("release of an unlocked WriteLock")
+            self._held = False
+            self._cond.notify_all()
 
-    def _next(self) -> asyncio.Future[None] | None:
-        if self._normal and (
-            not self._urgent or self._clock() - self._normal[0][0] >= self._max_wait_s
-        ):
-            return self._normal.popleft()[1]
-        if self._urgent:
-            return self._urgent.popleft()
-        return None
+    def _overdue(self, since: float | None = None) -> bool:
+        oldest = since if since is not None else min(self._normal, default=None)
+        return oldest is not None and self._clock() - oldest >= self._max_wait_s
 
-    @contextlib.asynccontextmanager
-    async def urgent(self) -> AsyncIterator[None]:
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
         """Hold the lock, going before every normal waiter that has not waited too long."""
-        await self.acquire(urgent=True)
+        self.acquire(urgent=True)
         try:
             yield
         finally:
             self.release()
 
-    async def __aenter__(self) -> None:
-        await self.acquire()
+    def __enter__(self) -> None:
+        self.acquire()
 
-    async def __aexit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
