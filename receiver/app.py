@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from receiver import routes
 from receiver.context import AppContext
@@ -30,6 +31,7 @@ from receiver.rules import RoutingConfig
 from receiver.settings import Settings
 from receiver.store.factory import make_store
 from receiver.targets.factory import make_target
+from receiver.webhook import INTERNAL_ERROR, WEBHOOK_PATH
 
 log = get_logger("receiver.app")
 
@@ -48,14 +50,31 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
-    return error(500, "internal_error", "Something went wrong on our side; it has been logged.")
+    return error(500, "internal_error", INTERNAL_ERROR)
+
+
+class StagesyncApp(Starlette):
+    """Starlette, with ``POST /webhooks/hubspot`` served ahead of the middleware stack.
+
+    The webhook is the hot path: at thousands of requests a second, passing through the
+    error, request-id and exception middleware and the router cost as much as checking
+    a signature. The endpoint does their work itself (see :mod:`receiver.webhook`);
+    everything else, the webhook's other methods included, goes the usual way.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
+            scope["app"] = self
+            await routes.webhook(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _routes() -> list[BaseRoute]:
     from receiver.admin import admin_routes
 
     return [
-        Route("/webhooks/hubspot", routes.webhook, methods=["POST"]),
+        Route(WEBHOOK_PATH, routes.webhook, methods=["POST"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/readyz", routes.readyz, methods=["GET"]),
         Route("/status", routes.status, methods=["GET"]),
@@ -151,7 +170,7 @@ def create_app(
             log.info("service_stopped")
 
     handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _unexpected}
-    return Starlette(
+    return StagesyncApp(
         routes=_routes(),
         lifespan=lifespan,
         exception_handlers=handlers,

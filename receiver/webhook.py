@@ -8,9 +8,11 @@ Why plain ASGI rather than a Starlette function endpoint: at thousands of reques
 second, building a ``Request``, its ``Headers`` and ``URL``, and wrapping ``send`` for
 the exception handlers cost as much as the work itself. Here the headers are read once
 from the scope, the signed URL is computed by Starlette once per distinct request
-target and then reused, and the 200 answer is sent as two ASGI messages. The app's
-middleware (errors, exception handlers) still wraps the endpoint, and error answers
-are the same :func:`receiver.responses.error` responses as everywhere else.
+target and then reused, and the 200 answer is sent as two ASGI messages. The app
+serves it ahead of its middleware stack (:class:`receiver.app.StagesyncApp`), so the
+endpoint answers its own unexpected errors with the same JSON 500 as the app's handler,
+and names its request id in its log lines; error answers are the same
+:func:`receiver.responses.error` responses as everywhere else.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from starlette.types import Receive, Scope, Send
 from receiver.context import AppContext
 from receiver.events import BadBatch, parse_body, to_new_events
 from receiver.exceptions import SignatureError
-from receiver.logging import get_logger
+from receiver.logging import get_logger, request_id
 from receiver.responses import error
 from receiver.signature import verify
 
 log = get_logger("receiver.webhook")
 
+WEBHOOK_PATH = "/webhooks/hubspot"
 JSON_TYPES = ("application/json", "text/json")
+INTERNAL_ERROR = "Something went wrong on our side; it has been logged."
 _OK_HEADERS = [(b"content-type", b"application/json")]
 # Distinct (scheme, server, host, path, query, public URL) seen; HubSpot uses one.
 _URL_CACHE_SIZE = 256
@@ -152,6 +156,9 @@ class WebhookEndpoint:
         started = time.perf_counter()
         try:
             answer = await _webhook(scope, receive, ctx)
+        except Exception:
+            log.exception("unhandled_error", path=scope["path"], request_id=request_id(scope))
+            answer = error(500, "internal_error", INTERNAL_ERROR)
         finally:
             ctx.metrics.ack_seconds.observe(time.perf_counter() - started)
         if answer is _GONE:
@@ -194,7 +201,7 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
             max_age_s=ctx.settings.signature_max_age_s,
         )
     except SignatureError as exc:
-        log.warning("signature_rejected", reason=str(exc))
+        log.warning("signature_rejected", reason=str(exc), request_id=request_id(scope))
         return error(401, "invalid_signature", f"{exc}.")
     try:
         items = parse_body(body)
@@ -204,7 +211,7 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
     try:
         result = await ctx.store.ingest(events, ctx.clock())
     except Exception:
-        log.exception("ingest_failed", events=len(events))
+        log.exception("ingest_failed", events=len(events), request_id=request_id(scope))
         return error(
             503, "storage_unavailable", "The events could not be stored; HubSpot will retry."
         )

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from receiver import webhook
 from receiver.app import create_app
 from receiver.logging import (
     REDACTED,
@@ -184,6 +185,29 @@ async def test_webhook_log_lines_carry_a_request_id(tmp_path: Path) -> None:
         assert response.status_code == 401
     [line] = [x for x in json_lines(out.getvalue()) if x["event"] == "signature_rejected"]
     assert line.get("request_id")
+
+
+async def test_a_webhook_bug_answers_json_500_and_logs_the_callers_request_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+
+    def broken(body: bytes) -> list[dict[str, object]]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(webhook, "parse_body", broken)
+    app = create_app(build_settings(tmp_path))
+    async with running_server(app) as url, httpx.AsyncClient() as http:
+        body, headers = signed(url + "/webhooks/hubspot", [event(1, "lead")], SECRET)
+        headers["X-Request-Id"] = "lb-7"
+        response = await http.post(url + "/webhooks/hubspot", content=body, headers=headers)
+        assert response.status_code == 500
+        assert response.json()["error"] == "internal_error"
+        assert "a bug" not in response.text and "Traceback" not in response.text
+        assert (await http.get(url + "/healthz")).status_code == 200
+    [line] = [x for x in json_lines(out.getvalue()) if x["event"] == "unhandled_error"]
+    assert line["request_id"] == "lb-7" and "a bug" in line["exception"]
 
 
 # -- a real service run ------------------------------------------------------------------
