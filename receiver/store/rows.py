@@ -20,24 +20,12 @@ EVENT_COLUMNS = (
 def event_from_row(row: Sequence[Any]) -> StoredEvent:
     """Build a :class:`StoredEvent` from a row selected with ``EVENT_COLUMNS``."""
     raw = row[14]
+    # Positional, in the dataclass's field order: a claim builds hundreds of these.
     return StoredEvent(
-        id=row[0],
-        state=row[1],
-        reason=row[2],
-        object_id=row[3],
-        subscription_type=row[4],
-        occurred_at=row[5],
-        stage=row[6],
-        attempts=row[7],
-        last_error_code=row[8],
-        last_error_message=row[9],
-        received_at=float(row[10]),
-        updated_at=float(row[11]),
-        target_kind=row[12],
-        target_id=row[13],
-        raw=orjson.loads(raw) if raw is not None else {},
-        attempt_floor=row[15],
-    )
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+        float(row[10]), float(row[11]), row[12], row[13],
+        orjson.loads(raw) if raw is not None else {}, row[15],
+    )  # fmt: skip
 
 
 def _has_nul(*texts: str | None) -> bool:

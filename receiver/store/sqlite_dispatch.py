@@ -22,8 +22,10 @@ from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
 from receiver.store.rows import EVENT_COLUMNS, event_from_row
 
 OPEN = "state IN ('pending', 'retrying')"
-# How many open events a claim looks at to find distinct contacts.
-CLAIM_SCAN = 5000
+# How many open events a claim looks at, per contact it may take, to find distinct
+# contacts. Reading further costs every claim of a backlog milliseconds of the write
+# lock; contacts with many events each just take more claims.
+CLAIM_SCAN_PER_CONTACT = 5
 
 # The indexes are named: without statistics SQLite picks events_state(state, id) for
 # both, which reads every open event (and sorts them) instead of stopping at the LIMIT or
@@ -82,7 +84,8 @@ def claim(
     conn: sqlite3.Connection, owner: str, now: float, lease_s: float, max_contacts: int
 ) -> list[ClaimedContact]:
     """Lease up to ``max_contacts`` contacts with due events, oldest first."""
-    ids = [row[0] for row in conn.execute(_DUE_CONTACTS, (now, now, CLAIM_SCAN, max_contacts))]
+    scan = CLAIM_SCAN_PER_CONTACT * max_contacts
+    ids = [row[0] for row in conn.execute(_DUE_CONTACTS, (now, now, scan, max_contacts))]
     if not ids:
         return []
     until = now + lease_s
