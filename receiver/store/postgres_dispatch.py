@@ -4,6 +4,12 @@ A claim locks each candidate contact's lease row with ``FOR UPDATE SKIP LOCKED``
 gives it an owner and an expiry in one transaction, so two instances never hold one
 contact. A record writes outcomes, history and contact state and releases the leases in
 one transaction.
+
+Both commit with ``synchronous_commit = off``: they are bookkeeping, not acknowledged
+writes, so they do not make the webhook commits queue behind a WAL flush of their own.
+A crash of the database server may lose the last of them (never a webhook's: each
+webhook commit flushes the WAL written before it); the contacts are then synced again,
+the SPEC's "crash between an upsert and its commit", and upserts are idempotent.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from receiver.store import postgres_sql as q
 from receiver.store.postgres_schema import OPEN_SQL
 from receiver.store.rows import EVENT_COLUMNS, event_from_row
 
-# How many open events a claim looks at to find distinct contacts (as the SQLite store).
-CLAIM_SCAN = 5000
+# How many open events a claim looks at per contact it may take (as the SQLite store).
+CLAIM_SCAN_PER_CONTACT = 5
+BOOKKEEPING = "SET LOCAL synchronous_commit = off"
 CLAIM_TRIES = 3
 CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at"
 
@@ -27,6 +34,7 @@ async def claim(
 ) -> list[ClaimedContact]:
     """Lease up to ``max_contacts`` contacts with due events, oldest first."""
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(BOOKKEEPING)
         ids = await _lease(conn, owner, now, lease_s, max_contacts)
         if not ids:
             return []
@@ -54,7 +62,10 @@ async def _lease(conn: Any, owner: str, now: float, lease_s: float, max_contacts
     for _ in range(CLAIM_TRIES):
         # Twice as many candidates as wanted: some may be mid-claim by another instance.
         candidates = [
-            r[0] for r in await conn.fetch(q.CLAIM_CANDIDATES, now, CLAIM_SCAN, max_contacts * 2)
+            r[0]
+            for r in await conn.fetch(
+                q.CLAIM_CANDIDATES, now, CLAIM_SCAN_PER_CONTACT * max_contacts, max_contacts * 2
+            )
         ]
         if not candidates:
             return []
@@ -86,6 +97,7 @@ async def record(
     ]  # fmt: skip
     contact_rows = q.contact_rows(contacts)
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(BOOKKEEPING)
         if updates:
             await conn.execute(q.RECORD_EVENTS, *q.columns(updates, 11), now)
         if history:
