@@ -19,6 +19,9 @@ from urllib.parse import urlsplit
 POSTGRES_ENV = "STAGESYNC_TEST_POSTGRES_DSN"
 
 
+CLOSED = "('synced', 'skipped', 'failed')"
+
+
 class Backend(Protocol):
     """Where the service under test keeps its events."""
 
@@ -30,6 +33,10 @@ class Backend(Protocol):
 
     def count_events(self, url: str) -> int:
         """How many events the database at ``url`` holds (0 before the schema exists)."""
+        ...
+
+    def count_closed(self, url: str) -> int:
+        """How many of them the dispatcher has closed (synced, skipped or failed)."""
         ...
 
     def drop(self, url: str) -> None:
@@ -59,6 +66,13 @@ class SQLiteBackend:
             if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
                 return 0
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def count_closed(self, url: str) -> int:
+        """Closed events, counted through the store's per-state index."""
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            row = conn.execute(f"SELECT count(*) FROM events WHERE state IN {CLOSED}").fetchone()
+            return int(row[0])
 
     def drop(self, url: str) -> None:
         """Delete the file and its WAL and shared-memory files."""
@@ -102,6 +116,21 @@ class PostgresBackend:
                 if not await conn.fetchval("SELECT to_regclass('events') IS NOT NULL"):
                     return 0
                 return int(await conn.fetchval("SELECT count(*) FROM events"))
+            finally:
+                await conn.close()
+
+        return asyncio.run(count())
+
+    def count_closed(self, url: str) -> int:
+        """Closed events, counted through the store's per-state index."""
+
+        async def count() -> int:
+            import asyncpg
+
+            conn = await asyncpg.connect(url)
+            try:
+                sql = f"SELECT count(*) FROM events WHERE state IN {CLOSED}"
+                return int(await conn.fetchval(sql))
             finally:
                 await conn.close()
 

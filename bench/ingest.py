@@ -14,6 +14,8 @@ import argparse
 import random
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench import servers
@@ -73,16 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class _Measurement:
     """Warm-up and measured wrk runs on one server, with the server's CPU time."""
 
-    def __init__(self, server: servers.Server, load: Load, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        server: servers.Server,
+        load: Load,
+        args: argparse.Namespace,
+        closed: Callable[[], int] | None = None,
+    ) -> None:
         warm = Load(args.warmup, load.connections, load.threads, load.batch)
         nonces = random.sample(range(1000, 9000), 2)
         contacts = args.contacts
         self.warm = (
             run_wrk(server.url, warm, args.secret, nonces[0], contacts) if args.warmup else None
         )
+        closed_before = closed() if closed else 0
         cpu_before = server.cpu_seconds()
         profiler = _start_profiler(server, load, args)
         self.main = run_wrk(server.url, load, args.secret, nonces[1], contacts)
+        # Read at once: the dispatcher goes on draining what the run left behind.
+        self.closed_per_s = (
+            (closed() - closed_before) / self.main.duration_s if closed is not None else None
+        )
         if profiler is not None:
             profiler.wait()
         self.server_cpu = (server.cpu_seconds() - cpu_before) / self.main.duration_s
@@ -141,6 +154,7 @@ def _row(target: str, m: _Measurement, share: float | None, vs_sqlite: float | N
         "p99 ms": r.p99_ms,
         "vs bare": f"{share:.0%}" if share is not None else None,
         "vs sqlite": f"{vs_sqlite:.0%}" if vs_sqlite is not None else None,
+        "synced/s": m.closed_per_s,
         "srv cpu": f"{m.server_cpu:.0%}",
         "wrk cpu": f"{r.cpu_s / r.duration_s:.0%}",
         "errors": r.problems() or "-",
@@ -157,7 +171,7 @@ def _run_service(
         before = backend.count_events(url)
         with servers.service(url, args.secret, args.workdir, ingest_only=ingest_only) as server:
             before = max(before, backend.count_events(url))
-            m = _Measurement(server, load, args)
+            m = _Measurement(server, load, args, partial(backend.count_closed, url))
         stored = backend.count_events(url) - before
     finally:
         backend.drop(url)
