@@ -1,0 +1,80 @@
+"""The SQLite store's write lock, driven by real threads as the store's writers are."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from receiver.store.write_lock import WriteLock
+
+
+def waiter(lock: WriteLock, urgent: bool, order: list[str], name: str) -> threading.Thread:
+    def run() -> None:
+        lock.acquire(urgent=urgent)
+        order.append(name)
+        lock.release()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def settle() -> None:
+    time.sleep(0.05)  # long enough for a started thread to reach its wait
+
+
+def test_an_urgent_writer_goes_before_a_normal_one_that_waited_less_than_max_wait() -> None:
+    lock = WriteLock(max_wait_s=10.0)
+    order: list[str] = []
+    lock.acquire()
+    normal = waiter(lock, False, order, "normal")
+    settle()
+    urgent = waiter(lock, True, order, "urgent")
+    settle()
+    lock.release()
+    normal.join(2)
+    urgent.join(2)
+    assert order == ["urgent", "normal"]
+
+
+def test_a_normal_writer_that_waited_max_wait_goes_first() -> None:
+    lock = WriteLock(max_wait_s=0.05)
+    order: list[str] = []
+    lock.acquire()
+    normal = waiter(lock, False, order, "normal")
+    time.sleep(0.15)
+    urgent = waiter(lock, True, order, "urgent")
+    settle()
+    lock.release()
+    normal.join(2)
+    urgent.join(2)
+    assert order == ["normal", "urgent"]
+
+
+def test_back_to_back_urgent_writers_let_a_normal_one_in_after_max_wait() -> None:
+    lock = WriteLock(max_wait_s=0.1)
+    stop = threading.Event()
+
+    def busy_ingest() -> None:
+        while not stop.is_set():
+            with lock.urgent():
+                time.sleep(0.002)
+
+    ingest = threading.Thread(target=busy_ingest)
+    ingest.start()
+    try:
+        settle()
+        started = time.monotonic()
+        with lock:
+            waited = time.monotonic() - started
+    finally:
+        stop.set()
+        ingest.join(2)
+    assert waited < 1.0  # not starved: at most max_wait plus scheduling
+
+
+def test_releasing_an_unlocked_lock_is_an_error() -> None:
+    with pytest.raises(RuntimeError):
+        WriteLock().release()
