@@ -171,7 +171,8 @@ def _run_service(
         before = backend.count_events(url)
         with servers.service(url, args.secret, args.workdir, ingest_only=ingest_only) as server:
             before = max(before, backend.count_events(url))
-            m = _Measurement(server, load, args, partial(backend.count_closed, url))
+            closed = None if ingest_only else partial(backend.count_closed, url)
+            m = _Measurement(server, load, args, closed)
         stored = backend.count_events(url) - before
     finally:
         backend.drop(url)

@@ -72,6 +72,8 @@ START_WITHIN = 0.5
 FULL_READS = 3
 #: How long the oldest event of a full claim has waited when the claim is a backlog.
 BACKLOG_S = 1.0
+#: Contacts a round handles between two turns of the event loop.
+SLICE = 25
 #: While webhook commits keep coming, at most one claim round per this many seconds.
 INGEST_PACE_S = 0.1
 
@@ -234,7 +236,10 @@ class Dispatcher:
         claimed = await self.store.claim(self.owner, now, self.lease_s, self.claim_size)
         if not claimed:
             return False
-        jobs = [self._plan(c, now) for c in claimed]
+        jobs = []
+        for n, contact in enumerate(claimed, 1):
+            jobs.append(self._plan(contact, now))
+            await _breathe(n)
         self._in_flight += len(jobs)
         for job in jobs:
             self._leased[job.object_id] = job
@@ -303,11 +308,12 @@ class Dispatcher:
                     self._hubspot_streak += 1
                 self._fail_jobs(syncing, exc, "hubspot", self._hubspot_streak)
                 return
-        for job in syncing:
+        for n, job in enumerate(syncing, 1):
             if fetched is not None:
                 job.resolve(fetched.get(job.object_id), self.routing, self.mappings)
             else:
                 job.resolve_from_webhook(self.routing, self.mappings)
+            await _breathe(n)
 
     def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException, api: str, streak: int) -> None:
         """Put ``exc``'s outcome on each job; ``streak`` counts ``api``'s rate limits in a row."""
@@ -338,10 +344,11 @@ class Dispatcher:
                 return
         outcomes: list[Outcome] = []
         contacts: list[ContactUpdate] = []
-        for job in jobs:
+        for n, job in enumerate(jobs, 1):
             outcomes += job.outcomes()
             if job.contact is not None:
                 contacts.append(job.contact)
+            await _breathe(n)
         await self.store.record(self.owner, outcomes, contacts, [j.object_id for j in jobs], now)
         self._finish(jobs)
         if self.metrics is not None:
@@ -377,6 +384,16 @@ class Dispatcher:
                 self.metrics.retries.inc()
             elif o.state == "synced" and o.event_id in received:
                 self.metrics.sync_seconds.observe(max(0.0, now - received[o.event_id]))
+
+
+async def _breathe(done: int) -> None:
+    """Let the event loop serve webhooks every ``SLICE`` contacts of a round's own work.
+
+    Planning, deciding and recording a round of 200 contacts is some 10 ms of Python;
+    done in one go, every webhook request in flight waited it out.
+    """
+    if done % SLICE == 0:
+        await asyncio.sleep(0)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
