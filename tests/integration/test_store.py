@@ -52,6 +52,17 @@ async def close_all(*events: Outcome, store: EventStore, owner: str, now: float)
 # -- ingest --------------------------------------------------------------------------
 
 
+async def test_a_batch_partly_stored_already_counts_only_its_new_events_by_state(
+    store: EventStore,
+) -> None:
+    first, second, third = event(1, "lead"), event(2, "lead"), event(3, "customer")
+    await store.ingest(batch(first, second), NOW)
+    result = await store.ingest(batch(second, third, {"objectId": "x"}), NOW + 1)
+    assert result == IngestResult(accepted=1, duplicates=1, invalid=1)
+    assert await store.counts() == {"pending": {"": 3}, "invalid": {"": 1}}
+    assert await store.count_matching(EventFilter(state="pending")) == 3
+
+
 async def test_ingest_counts_accepted_in_batch_duplicates_and_invalid(store: EventStore) -> None:
     a, b = event(1, "lead"), event(2, "customer")
     retried = {**a, "attemptNumber": 3}
