@@ -40,7 +40,14 @@ PRAGMAS = (
 # Past this many WAL pages (64 MiB) a committing connection checkpoints after all: a
 # safety net for a checkpointer that cannot keep up, not the normal way.
 AUTOCHECKPOINT_PAGES = 16384
-WRITER_PRAGMAS = (f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}",)
+# A sustained burst grows the WAL past 100 MB (the checkpointer copies it back, but it can
+# only start it again from the beginning in a pause); this is what the file is cut back
+# to once it does, instead of keeping its largest size on disk.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+WRITER_PRAGMAS = (
+    f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}",
+    f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}",
+)
 BOOKKEEPING = "PRAGMA synchronous = NORMAL"
 DURABLE = "PRAGMA synchronous = FULL"
 

@@ -182,6 +182,7 @@ async def test_bookkeeping_commits_skip_the_flush_and_replays_and_webhooks_keep_
     try:
         assert synchronous(ingest) == full
         assert ingest.execute("PRAGMA wal_autocheckpoint").fetchone()[0] >= 10_000
+        assert ingest.execute("PRAGMA journal_size_limit").fetchone()[0] == 64 * 1024 * 1024
     finally:
         ingest.close()
 
