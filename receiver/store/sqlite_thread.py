@@ -14,8 +14,9 @@ webhook commit flushes everything written before it. What a rolled-back outcome 
 the SPEC's "crash between an upsert and its commit": the contact is synced again, and
 upserts are idempotent.
 
-None of these connections checkpoints: :class:`~receiver.store.sqlite_checkpoint.Checkpointer`
-does, in a thread of its own, so no commit waits for the WAL to be copied back.
+Checkpoints are left to :class:`~receiver.store.sqlite_checkpoint.Checkpointer`, in a
+thread of its own, so no commit waits for the WAL to be copied back; only a WAL past
+``AUTOCHECKPOINT_PAGES`` makes a committing connection checkpoint, as a safety net.
 """
 
 from __future__ import annotations
