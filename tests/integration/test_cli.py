@@ -9,6 +9,7 @@ same database.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -211,3 +212,16 @@ def test_corrupt_database_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
     result = run_cli({}, "events", cwd=tmp_path, timeout=5)
     assert result.returncode == 1
     assert "file is not a database" in result.stderr
+
+
+def test_serve_freezes_start_up_objects_and_raises_the_first_gc_threshold() -> None:
+    # In a process of its own: the test run's collector must stay as it is.
+    probe = (
+        "import gc; from receiver.cli import GC_GEN0_THRESHOLD, _tune_gc; "
+        "before = gc.get_freeze_count(); _tune_gc(); "
+        "print(gc.get_threshold()[0] == GC_GEN0_THRESHOLD > 700, gc.get_freeze_count() > before)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["True", "True"]
