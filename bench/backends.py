@@ -6,11 +6,13 @@ it afterwards, which is how the bench checks that every acknowledged event was s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import os
 import secrets
 import sqlite3
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -183,3 +185,11 @@ def select_backends(
         else:
             backends.append(PostgresBackend(dsn))
     return backends, notes
+
+
+def backends_for(args: argparse.Namespace) -> list[Backend]:
+    """:func:`select_backends` for a scenario's options; what is skipped goes to stderr."""
+    backends, notes = select_backends(args.workdir, args.backends, args.postgres)
+    for note in notes:
+        print(f"bench: {note}", file=sys.stderr)
+    return backends

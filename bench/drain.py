@@ -25,7 +25,7 @@ import time
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bench.backends import Backend, select_backends
+from bench.backends import Backend, backends_for
 from bench.e2e import service_env, serving, settle
 from bench.report import Row
 from receiver.events import to_new_events
@@ -186,9 +186,7 @@ def _steady_rate(samples: list[tuple[float, int]], rate: int) -> float | None:
 
 def run(args: argparse.Namespace) -> list[Row]:
     """One drain per configured rate and one without a token, per backend."""
-    backends, notes = select_backends(args.workdir, args.backends, args.postgres)
-    for note in notes:
-        print(f"bench: {note}", file=sys.stderr)
+    backends = backends_for(args)
     rows: list[Row] = []
     for backend in backends:
         for rate in [*args.drain_rates, None]:

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from bench import servers
-from bench.backends import Backend, select_backends
+from bench.backends import Backend, backends_for
 from bench.report import Row
 from bench.tools import BenchError
 from receiver.models import EventFilter
@@ -92,17 +92,23 @@ async def serving(env: Mapping[str, str], workdir: Path) -> AsyncIterator[str]:
         await asyncio.to_thread(server.stop)
 
 
-async def settle(http: httpx.AsyncClient, base: str, total: int) -> dict[str, Any]:
+async def settle(
+    http: httpx.AsyncClient,
+    base: str,
+    total: int,
+    timeout_s: float = SETTLE_TIMEOUT_S,
+    poll_s: float = 0.02,
+) -> dict[str, Any]:
     """Poll ``/status`` until ``total`` events are stored and none is open; the status."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while True:
         status: dict[str, Any] = (await http.get(f"{base}/status")).json()
         counts = status["counts"]
         if sum(counts.values()) >= total and not (counts["pending"] or counts["retrying"]):
             return status
         if time.monotonic() > deadline:
-            raise BenchError(f"events still open after {SETTLE_TIMEOUT_S:.0f} s: {counts}")
-        await asyncio.sleep(0.02)
+            raise BenchError(f"events still open after {timeout_s:.0f} s: {counts}")
+        await asyncio.sleep(poll_s)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -197,9 +203,7 @@ async def _measure(backend: Backend, args: argparse.Namespace, token: bool, load
 
 def run(args: argparse.Namespace) -> list[Row]:
     """Idle and concurrent loads, with and without a token, per backend."""
-    backends, notes = select_backends(args.workdir, args.backends, args.postgres)
-    for note in notes:
-        print(f"bench: {note}", file=sys.stderr)
+    backends = backends_for(args)
     rows: list[Row] = []
     for backend in backends:
         for token in (False, True):

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import servers
-from bench.backends import Backend, select_backends
+from bench.backends import Backend, backends_for
 from bench.report import Row
 from bench.tools import ensure_py_spy
 from bench.wrk import Load, WrkResult, run_wrk
@@ -182,9 +182,7 @@ def _run_service(
 
 def run(args: argparse.Namespace) -> list[Row]:
     """Measure every load on the bare endpoint (single events) and on each backend."""
-    backends, notes = select_backends(args.workdir, args.backends, args.postgres)
-    for note in notes:
-        print(f"bench: {note}", file=sys.stderr)
+    backends = backends_for(args)
     variants = [False, True] if args.ingest_only else [False]
     rows: list[Row] = []
     for batch in args.batches:

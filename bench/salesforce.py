@@ -32,7 +32,8 @@ from typing import Any
 import httpx
 
 from bench import servers
-from bench.backends import Backend, select_backends
+from bench.backends import Backend, backends_for
+from bench.e2e import settle
 from bench.report import Row
 from bench.tools import BenchError
 from tests.fakes.hubspot import DEFAULT_TOKEN, FakeHubSpot
@@ -166,19 +167,6 @@ async def _send(
     await asyncio.gather(*(post(batch) for batch in burst.batches))
 
 
-async def _settle(http: httpx.AsyncClient, base: str, total: int) -> dict[str, Any]:
-    """Poll ``/status`` until every event is stored and none is open; the last status."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while True:
-        status: dict[str, Any] = (await http.get(f"{base}/status")).json()
-        counts = status["counts"]
-        if sum(counts.values()) >= total and not (counts["pending"] or counts["retrying"]):
-            return status
-        if time.monotonic() > deadline:
-            raise BenchError(f"events still open after {SETTLE_TIMEOUT_S:.0f} s: {counts}")
-        await asyncio.sleep(POLL_S)
-
-
 def _check(burst: Burst, fake: FakeSalesforce, counts: dict[str, int]) -> str:
     """Every contact is in Salesforce as the object its stage says, and nothing failed."""
     wrong = 0
@@ -215,7 +203,7 @@ async def _measure(backend: Backend, burst: Burst, args: argparse.Namespace) -> 
                 started = time.monotonic()
                 await _send(http, server.url, burst, args.secret, args.sf_connections)
                 acked = time.monotonic() - started
-                status = await _settle(http, base, burst.events)
+                status = await settle(http, base, burst.events, SETTLE_TIMEOUT_S, POLL_S)
                 elapsed = time.monotonic() - started
     finally:
         backend.drop(url)
@@ -251,9 +239,7 @@ async def _measure(backend: Backend, burst: Burst, args: argparse.Namespace) -> 
 
 def run(args: argparse.Namespace) -> list[Row]:
     """One burst per backend; prints calls per contact as it goes."""
-    backends, notes = select_backends(args.workdir, args.backends, args.postgres)
-    for note in notes:
-        print(f"bench: {note}", file=sys.stderr)
+    backends = backends_for(args)
     burst = make_burst(args.sf_events, args.sf_contacts, args.sf_batch)
     rows: list[Row] = []
     for backend in backends:
