@@ -11,12 +11,12 @@ the others with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
+from receiver.tasks import cancel_and_wait
 
 
 @dataclass
@@ -64,11 +64,7 @@ class GroupCommitter:
         if not self._tasks:
             return
         await self._queue.join()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def submit(self, events: Sequence[NewEvent], now: float) -> IngestResult:

@@ -53,6 +53,7 @@ from receiver.store.postgres_dispatch import CONTACT_COLUMNS
 from receiver.store.postgres_listen import NotifyListener
 from receiver.store.postgres_schema import MIGRATIONS, OPEN_SQL, SCHEMA_TABLE
 from receiver.store.rows import EVENT_COLUMNS, DollarParams, event_from_row, filter_sql, storable
+from receiver.tasks import cancel_and_wait
 
 log = get_logger("receiver.store.postgres")
 
@@ -142,11 +143,7 @@ class PostgresStore:
     async def close(self) -> None:
         """Answer every queued ingest, stop the background tasks, close the pool."""
         await self._writer.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.listener is not None:
             await self.listener.stop()

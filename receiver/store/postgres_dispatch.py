@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome, StoredEvent
+from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
 from receiver.store import postgres_sql as q
 from receiver.store.postgres_schema import OPEN_SQL
-from receiver.store.rows import EVENT_COLUMNS, event_from_row
+from receiver.store.rows import EVENT_COLUMNS, claimed_contacts
 
 # How many open events a claim looks at per contact it may take (as the SQLite store).
 CLAIM_SCAN_PER_CONTACT = 5
@@ -51,11 +51,7 @@ async def claim(
                 ids,
             )
         }
-    by_contact: dict[int, list[StoredEvent]] = {i: [] for i in ids}
-    for row in rows:
-        event = event_from_row(row)
-        by_contact[event.object_id].append(event)  # type: ignore[index]
-    return [ClaimedContact(i, tuple(by_contact[i]), states.get(i)) for i in ids]
+    return claimed_contacts(ids, rows, states)
 
 
 async def _lease(conn: Any, owner: str, now: float, lease_s: float, max_contacts: int) -> list[int]:

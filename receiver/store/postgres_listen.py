@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from receiver.logging import get_logger
+from receiver.tasks import cancel_and_wait
 
 log = get_logger("receiver.store.postgres")
 
@@ -51,11 +52,8 @@ class NotifyListener:
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def _message(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if payload != self.token:

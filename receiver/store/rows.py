@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from receiver.models import ContactUpdate, EventFilter, Outcome, StoredEvent
+from receiver.models import (
+    ClaimedContact,
+    ContactState,
+    ContactUpdate,
+    EventFilter,
+    Outcome,
+    StoredEvent,
+)
 
 EVENT_COLUMNS = (
     "id, state, reason, object_id, subscription_type, occurred_at, stage, attempts, "
@@ -26,6 +33,18 @@ def event_from_row(row: Sequence[Any]) -> StoredEvent:
         float(row[10]), float(row[11]), row[12], row[13],
         orjson.loads(raw) if raw is not None else {}, row[15],
     )  # fmt: skip
+
+
+def claimed_contacts(
+    ids: Sequence[int], rows: Iterable[Sequence[Any]], states: Mapping[int, ContactState]
+) -> list[ClaimedContact]:
+    """A claim's contacts, in ``ids`` order, each with its event rows (``EVENT_COLUMNS``,
+    already in order) and its sync state, if it has one."""
+    by_contact: dict[int, list[StoredEvent]] = {i: [] for i in ids}
+    for row in rows:
+        event = event_from_row(row)
+        by_contact[event.object_id].append(event)  # type: ignore[index]
+    return [ClaimedContact(i, tuple(by_contact[i]), states.get(i)) for i in ids]
 
 
 def _has_nul(*texts: str | None) -> bool:

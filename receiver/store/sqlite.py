@@ -142,11 +142,6 @@ class SQLiteStore:
         assert self._ingest is not None, "store is not open"
         return await self._ingest.ingest(events, now)
 
-    @property
-    def ingest_commits(self) -> int:
-        """How many group commits ingest made since the store was opened."""
-        return self._ingest.commits if self._ingest is not None else 0
-
     # -- dispatch --------------------------------------------------------------------
 
     async def claim(

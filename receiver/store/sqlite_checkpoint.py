@@ -15,22 +15,21 @@ connection checkpoint after all, a safety net for a checkpointer that cannot kee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 from receiver.logging import get_logger
 from receiver.store.sqlite_thread import connect, run_to_end
+from receiver.tasks import cancel_and_wait
 
 log = get_logger("receiver.store")
 
 DEFAULT_INTERVAL_S = 0.25
 
 
-def checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    """One ``PASSIVE`` checkpoint: (1 if it could not run, WAL pages, pages copied)."""
-    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """One ``PASSIVE`` checkpoint: copy what it can, wait for nobody."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
 
 
 class Checkpointer:
@@ -42,7 +41,6 @@ class Checkpointer:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self.runs = 0  # checkpoints made, for tests and the curious
 
     async def start(self) -> None:
         """Connect in the checkpoint thread and start the loop."""
@@ -51,11 +49,8 @@ class Checkpointer:
 
     async def stop(self) -> None:
         """Stop the loop, let a checkpoint in progress finish, and close."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await run_to_end(self._thread, conn.close)
@@ -68,6 +63,5 @@ class Checkpointer:
             await asyncio.sleep(self.interval_s)
             try:
                 await run_to_end(self._thread, checkpoint, conn)
-                self.runs += 1
             except sqlite3.Error as exc:  # e.g. the disk is full: commits will say so too
                 log.warning("checkpoint_failed", error=str(exc))

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome, StoredEvent
-from receiver.store.rows import EVENT_COLUMNS, event_from_row
+from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
+from receiver.store.rows import EVENT_COLUMNS, claimed_contacts
 
 OPEN = "state IN ('pending', 'retrying')"
 # How many open events a claim looks at, per contact it may take, to find distinct
@@ -105,11 +105,7 @@ def claim(
             ids,
         )
     }
-    by_contact: dict[int, list[StoredEvent]] = {i: [] for i in ids}
-    for row in rows:
-        event = event_from_row(row)
-        by_contact[event.object_id].append(event)  # type: ignore[index]
-    return [ClaimedContact(i, tuple(by_contact[i]), states.get(i)) for i in ids]
+    return claimed_contacts(ids, rows, states)
 
 
 def record(

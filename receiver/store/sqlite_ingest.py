@@ -208,7 +208,6 @@ class SQLiteIngest:
         self._closing = False
         self._stopped: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.commits = 0  # groups committed, each one transaction and one fsync
 
     async def open(self) -> None:
         """Start the ingest thread, once it has connected."""
@@ -294,7 +293,6 @@ class SQLiteIngest:
                 return [exc]  # answered 503; HubSpot retries
             # One request's data must not fail the others: commit each on its own.
             return [answer for request in group for answer in self._commit(conn, [request])]
-        self.commits += 1
         return list(results(batch, inserted))
 
     def _answer(self, group: list[_Request], answers: list[IngestResult | BaseException]) -> None:

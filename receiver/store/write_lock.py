@@ -35,10 +35,6 @@ class WriteLock:
         self._max_wait_s = max_wait_s
         self._clock = clock
 
-    def locked(self) -> bool:
-        """Whether a thread holds the lock."""
-        return self._held
-
     def acquire(self, urgent: bool = False) -> None:
         """Block until the lock is ours; urgent callers pass normal ones not yet overdue."""
         with self._cond:
