@@ -20,6 +20,7 @@ import pytest
 
 from receiver.store.base import EventStore
 from receiver.store.factory import make_store
+from receiver.store.postgres import PostgresStore
 
 DSN_ENV = "STAGESYNC_TEST_POSTGRES_DSN"
 SKIP_REASON = f"{DSN_ENV} is not set: the PostgreSQL store tests need a database"
@@ -100,3 +101,16 @@ async def pg_dsn() -> AsyncIterator[str]:
     """A DSN on a fresh PostgreSQL schema, for PostgreSQL-only tests."""
     async with fresh_schema(postgres_dsn()) as dsn:
         yield dsn
+
+
+@pytest.fixture
+async def pg_pair(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one schema, as two instances would be."""
+    a, b = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -427,19 +427,6 @@ async def test_record_keeps_quoted_texts_exactly_and_makes_a_nul_a_replacement_c
 
 
 # -- PostgreSQL only -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def pg_pair(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    """Two stores on one schema, as two instances would be."""
-    a, b = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
-    await a.open()
-    await b.open()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def wait_for(check: Callable[[], bool], within_s: float = 5.0) -> None:

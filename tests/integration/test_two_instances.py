@@ -307,27 +307,14 @@ async def test_cli_commands_work_on_the_postgres_database_a_server_uses(
 # -- in-process stores as instances --------------------------------------------------
 
 
-@pytest.fixture
-async def pair(pg_dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    """Two stores on one schema, as two instances would be."""
-    a, b = PostgresStore(pg_dsn), PostgresStore(pg_dsn)
-    await a.open()
-    await b.open()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
-
-
 def batch(*items: dict[str, Any]) -> Any:
     return to_new_events(list(items))
 
 
 async def test_an_ingest_or_replay_on_one_instance_wakes_the_other(
-    pair: tuple[PostgresStore, PostgresStore],
+    pg_pair: tuple[PostgresStore, PostgresStore],
 ) -> None:
-    a, b = pair
+    a, b = pg_pair
     wakes: list[int] = []
     b.add_commit_listener(lambda: wakes.append(1))
     await b.ingest(batch(event(1, "lead")), NOW)
@@ -357,9 +344,9 @@ async def test_instances_opening_at_once_migrate_the_schema_once(pg_dsn: str) ->
 
 
 async def test_concurrent_claims_from_two_instances_never_share_a_contact(
-    pair: tuple[PostgresStore, PostgresStore],
+    pg_pair: tuple[PostgresStore, PostgresStore],
 ) -> None:
-    a, b = pair
+    a, b = pg_pair
     await a.ingest(batch(*(event(i, "lead") for i in range(300))), NOW)
     owners: dict[int, list[str]] = {}
 
