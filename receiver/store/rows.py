@@ -82,11 +82,15 @@ def storable(
     return outcomes, contacts
 
 
-def filter_sql(flt: EventFilter, param: Callable[[Any], str]) -> str:
+def filter_sql(
+    flt: EventFilter, param: Callable[[Any], str], contact_match: str = "object_id = {0}"
+) -> str:
     """SQL conditions (joined with AND, ``TRUE`` when empty) for an :class:`EventFilter`.
 
     ``param(value)`` registers a value and returns its placeholder, so one function
-    serves both ``?`` (SQLite) and ``$n`` (PostgreSQL) styles.
+    serves both ``?`` (SQLite) and ``$n`` (PostgreSQL) styles. ``contact_match`` is the
+    condition for one contact, with a placeholder ``{0}``, ``{1}``... for each time it
+    names the contact id.
     """
     parts = []
     if flt.state is not None:
@@ -94,7 +98,8 @@ def filter_sql(flt: EventFilter, param: Callable[[Any], str]) -> str:
     if flt.states:
         parts.append("state IN (" + ", ".join(param(s) for s in flt.states) + ")")
     if flt.object_id is not None:
-        parts.append(f"object_id = {param(flt.object_id)}")
+        uses = contact_match.count("{")
+        parts.append(contact_match.format(*(param(flt.object_id) for _ in range(uses))))
     if flt.since is not None:
         parts.append(f"received_at >= {param(flt.since)}")
     if flt.until is not None:

@@ -45,7 +45,7 @@ from receiver.store.rows import (
 from receiver.store.sqlite_checkpoint import Checkpointer
 from receiver.store.sqlite_dispatch import OPEN
 from receiver.store.sqlite_ingest import SQLiteIngest
-from receiver.store.sqlite_schema import migrate
+from receiver.store.sqlite_schema import CONTACT_MATCH, migrate
 from receiver.store.sqlite_thread import PRAGMAS, SQLiteWriter, connect
 from receiver.store.write_lock import WriteLock
 
@@ -147,7 +147,14 @@ class SQLiteStore:
     async def claim(
         self, owner: str, now: float, lease_s: float, max_contacts: int
     ) -> list[ClaimedContact]:
-        """Lease up to ``max_contacts`` contacts with due events, oldest first."""
+        """Lease up to ``max_contacts`` contacts with due events, oldest first.
+
+        New events are listed in the index by contact first, a chunk per transaction
+        (see :mod:`receiver.store.sqlite_schema`), so the claim sees every one of them.
+        """
+        chunk = sqlite_dispatch.LIST_CHUNK
+        while await self._wr.transaction(sqlite_dispatch.list_new, chunk) == chunk:
+            pass
         return await self._wr.transaction(sqlite_dispatch.claim, owner, now, lease_s, max_contacts)
 
     async def record(
@@ -217,7 +224,7 @@ class SQLiteStore:
     ) -> list[StoredEvent]:
         """Matching events, newest first, below ``before_id``."""
         params = QmarkParams()
-        where = filter_sql(flt, params)
+        where = filter_sql(flt, params, CONTACT_MATCH)
         if before_id is not None:
             where += f" AND id < {params(before_id)}"
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id DESC LIMIT ?"
@@ -227,7 +234,7 @@ class SQLiteStore:
     async def count_matching(self, flt: EventFilter) -> int:
         """How many events match."""
         params = QmarkParams()
-        where = filter_sql(flt, params)
+        where = filter_sql(flt, params, CONTACT_MATCH)
         async with self._rc.execute(
             f"SELECT count(*) FROM events WHERE {where}", params.values
         ) as cur:

@@ -15,6 +15,7 @@ import orjson
 from receiver.models import EventFilter
 from receiver.store.base import ReplayRefusal, split_replayable
 from receiver.store.rows import QmarkParams, filter_sql
+from receiver.store.sqlite_schema import CONTACT_MATCH
 
 # Fewer bound values per statement than any SQLite build allows (999 before 3.32).
 _IN_CHUNK = 400
@@ -59,7 +60,7 @@ def replay_chunk(
     Returns how many were replayed and the lowest id seen (None when none was left).
     """
     params = QmarkParams()
-    where = filter_sql(flt, params) + f" AND {_REPLAYABLE}"
+    where = filter_sql(flt, params, CONTACT_MATCH) + f" AND {_REPLAYABLE}"
     if below_id is not None:
         where += f" AND id < {params(below_id)}"
     ids = [
@@ -84,7 +85,7 @@ def replay_chunk(
 def purge_chunk(conn: sqlite3.Connection, flt: EventFilter, chunk: int) -> int | None:
     """Delete up to ``chunk`` matching events and their history; None when none was left."""
     params = QmarkParams()
-    where = filter_sql(flt, params)
+    where = filter_sql(flt, params, CONTACT_MATCH)
     ids = [
         row[0]
         for row in conn.execute(

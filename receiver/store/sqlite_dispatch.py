@@ -1,7 +1,8 @@
 """The dispatcher's SQLite transactions, as plain functions of a ``sqlite3`` connection.
 
 Each runs whole in the writer thread (see :mod:`receiver.store.sqlite_thread`), between
-``BEGIN IMMEDIATE`` and ``COMMIT``, so a claim or a record costs one thread hop.
+``BEGIN IMMEDIATE`` and ``COMMIT``, so a claim (after listing new events) or a record
+costs one thread hop.
 
 Writes of many rows are one statement each over ``json_each(?)``, not ``executemany``:
 ``sqlite3`` takes the GIL back after every row it steps, and while webhooks are being
@@ -33,11 +34,21 @@ CLAIM_SCAN_PER_CONTACT = 5
 _DUE_CONTACTS = f"""
     SELECT object_id FROM (
         SELECT id, object_id FROM events INDEXED BY events_open
-        WHERE {OPEN} AND next_attempt_at <= ?
+        WHERE {OPEN} AND listed AND next_attempt_at <= ?
           AND object_id NOT IN (SELECT object_id FROM contact_leases WHERE until > ?)
         ORDER BY id LIMIT ?
     ) AS due
     GROUP BY object_id ORDER BY min(id) LIMIT ?
+"""
+# Webhook commits leave new events out of the index by contact (see sqlite_schema).
+# Before a claim the store lists them, oldest first, this many per transaction: listing
+# a whole burst at once would hold the write lock, that webhook commits wait for, for
+# hundreds of milliseconds; between two chunks a waiting webhook commit goes first.
+LIST_CHUNK = 1000
+_LIST_NEW = """
+    UPDATE events SET listed = 1 WHERE id IN (
+        SELECT id FROM events INDEXED BY events_unlisted WHERE NOT listed ORDER BY id LIMIT ?
+    )
 """
 # The same writes, one statement per table for a whole round (see the module docstring).
 _UPDATE_EVENTS_JSON = """
@@ -80,10 +91,28 @@ _LAST_SYNCED = (
 )
 
 
+def list_new(conn: sqlite3.Connection, limit: int) -> int:
+    """Put up to ``limit`` of the oldest unlisted events in the index by contact."""
+    return conn.execute(_LIST_NEW, (limit,)).rowcount
+
+
+def contact_events_sql(contacts: int) -> str:
+    """The due open events of ``contacts`` contacts (their ids, then ``now``), in order."""
+    marks = ",".join("?" * contacts)
+    return (
+        f"SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_object"
+        f" WHERE object_id IN ({marks}) AND listed AND {OPEN} AND next_attempt_at <= ?"
+        " ORDER BY occurred_at, id"
+    )
+
+
 def claim(
     conn: sqlite3.Connection, owner: str, now: float, lease_s: float, max_contacts: int
 ) -> list[ClaimedContact]:
-    """Lease up to ``max_contacts`` contacts with due events, oldest first."""
+    """Lease up to ``max_contacts`` contacts with due listed events, oldest first.
+
+    Events not listed yet are left for the next claim: they arrived after all it takes.
+    """
     scan = CLAIM_SCAN_PER_CONTACT * max_contacts
     ids = [row[0] for row in conn.execute(_DUE_CONTACTS, (now, now, scan, max_contacts))]
     if not ids:
@@ -91,12 +120,7 @@ def claim(
     until = now + lease_s
     conn.execute(_LEASE_JSON, (orjson.dumps(ids), owner, until))
     marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_object"
-        f" WHERE object_id IN ({marks})"
-        f" AND {OPEN} AND next_attempt_at <= ? ORDER BY occurred_at, id",
-        (*ids, now),
-    ).fetchall()
+    rows = conn.execute(contact_events_sql(len(ids)), (*ids, now)).fetchall()
     states = {
         r[0]: ContactState(*r)
         for r in conn.execute(

@@ -56,21 +56,22 @@ _MAX_DENOMINATOR = 1 << 62
 
 # ON CONFLICT(dedup_key), not OR IGNORE: OR IGNORE would also skip a row breaking a NOT
 # NULL constraint, and the event would be acknowledged as a duplicate without being stored.
+# listed = 0: the claim puts them in the index by contact (see sqlite_schema).
 INSERT_ROW = (
-    "INSERT INTO events (dedup_key, state, object_id, subscription_type,"
-    " occurred_at, stage, received_at, updated_at, raw, last_error_code, last_error_message)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedup_key) DO NOTHING"
+    "INSERT INTO events (dedup_key, state, object_id, subscription_type, occurred_at, stage,"
+    " received_at, updated_at, raw, last_error_code, last_error_message, listed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT(dedup_key) DO NOTHING"
 )
 # Row layout in the JSON array: state, object_id, subscription_type, occurred_at, stage,
 # raw offset (1-based), raw length, error code, error message, now numerator, denominator.
 _AT = "CAST(value ->> 9 AS REAL) / (value ->> 10)"
 # WHERE true: after a SELECT, SQLite would read ON as the start of a join constraint.
 INSERT_GROUP = (
-    "INSERT INTO events (dedup_key, state, object_id, subscription_type,"
-    " occurred_at, stage, received_at, updated_at, raw, last_error_code, last_error_message)"
+    "INSERT INTO events (dedup_key, state, object_id, subscription_type, occurred_at, stage,"
+    " received_at, updated_at, raw, last_error_code, last_error_message, listed)"
     f" SELECT substr(?2, key * {KEY_LENGTH} + 1, {KEY_LENGTH}), value ->> 0, value ->> 1,"
     f" value ->> 2, value ->> 3, value ->> 4, {_AT}, {_AT}, substr(?3, value ->> 5, value ->> 6),"
-    " value ->> 7, value ->> 8 FROM json_each(?1) WHERE true ON CONFLICT(dedup_key) DO NOTHING"
+    " value ->> 7, value ->> 8, 0 FROM json_each(?1) WHERE true ON CONFLICT(dedup_key) DO NOTHING"
 )
 INSERTED_KEYS = "SELECT dedup_key FROM events WHERE id BETWEEN ? AND ?"
 

@@ -4,6 +4,16 @@ Counts per state and reason live in ``event_counts``, kept by triggers, so ``/st
 and the metrics read a handful of rows instead of scanning the events table. Partial
 indexes cover only open (pending or retrying) events, so they stay small however many
 closed events are kept.
+
+The index by contact, ``events_object``, holds only *listed* events. A webhook commit
+inserts its events unlisted (``listed = 0``), so that it writes only pages at the end of
+its indexes: an entry by contact lands on a random page, one per event, and those pages
+were most of what a commit wrote to the WAL and flushed (batches of 100 events at 10
+connections, ingest alone: about 38,000 events/s and an ack p99 of ~52 ms with them,
+~60,000 and ~35 ms without). The dispatcher's claim lists every unlisted event first, in its own
+transaction, which is not flushed on its own and writes each page once for the whole
+lot; a lookup by contact reads ``events_object`` plus the few unlisted events, which
+``events_unlisted`` finds (:data:`CONTACT_MATCH`).
 """
 
 from __future__ import annotations
@@ -116,7 +126,22 @@ MIGRATIONS: list[list[str]] = [
     # events_object(object_id, id) serves every lookup by contact; this second index on
     # object_id cost a random page per inserted row.
     ["DROP INDEX IF EXISTS events_open_contact"],
+    # Events already stored are listed; see the module docstring.
+    [
+        "ALTER TABLE events ADD COLUMN listed INTEGER NOT NULL DEFAULT 1",
+        "DROP INDEX events_object",
+        "CREATE INDEX events_object ON events(object_id, id) WHERE listed",
+        "CREATE INDEX events_unlisted ON events(id) WHERE NOT listed",
+    ],
 ]
+
+# Events of one contact (two placeholders for the same id): the listed ones through the
+# index by contact, the unlisted ones (the newest, not yet claimed) through their own.
+CONTACT_MATCH = (
+    "id IN (SELECT id FROM events INDEXED BY events_object WHERE object_id = {0} AND listed"
+    " UNION ALL SELECT id FROM events INDEXED BY events_unlisted"
+    " WHERE NOT listed AND object_id = {1})"
+)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

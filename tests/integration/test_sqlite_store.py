@@ -13,12 +13,12 @@ import pytest
 from receiver.events import to_new_events
 from receiver.exceptions import ConfigError
 from receiver.models import EventFilter
+from receiver.store import sqlite_dispatch
 from receiver.store.base import IngestResult
-from receiver.store.rows import EVENT_COLUMNS
 from receiver.store.sqlite import SQLiteStore
-from receiver.store.sqlite_dispatch import _DUE_CONTACTS, OPEN
+from receiver.store.sqlite_dispatch import _DUE_CONTACTS, contact_events_sql
 from receiver.store.sqlite_ingest import GroupRows, insert_group
-from receiver.store.sqlite_schema import MIGRATIONS
+from receiver.store.sqlite_schema import MIGRATIONS, migrate
 from receiver.store.sqlite_thread import connect
 from tests.support.webhooks import event
 
@@ -49,6 +49,82 @@ async def test_opening_a_version_1_file_drops_the_redundant_open_contact_index(
     assert {"events_open", "events_object"} <= indexes(path)
 
 
+async def test_opening_a_version_2_file_lists_its_events_in_the_index_by_contact(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:2]:
+        for statement in migration:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO events (dedup_key, state, object_id, received_at, updated_at, raw)"
+        " VALUES (x'01', 'pending', 42, 0, 0, x'7b7d')"
+    )
+    conn.close()
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        [contact] = await store.claim("me", NOW, 60, 10)
+        assert contact.object_id == 42 and len(contact.events) == 1
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE listed").fetchone() == (1,)
+    conn.close()
+
+
+async def test_webhook_events_stay_out_of_the_contact_index_until_a_claim_lists_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "listed.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        # More events for contact 7 than the claim's scan reads: the claim still takes all.
+        await store.ingest(to_new_events([event(7, "lead", event_id=n) for n in range(50)]), NOW)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM events WHERE listed").fetchone() == (0,)
+        conn.close()
+        [contact] = await store.claim("me", NOW, 60, 1)
+        assert len(contact.events) == 50
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM events WHERE NOT listed").fetchone() == (0,)
+        conn.close()
+        await store.ingest(to_new_events([event(7, "customer", event_id=99)]), NOW)
+        # A filter by contact finds the listed events and the one not listed yet alike.
+        by_contact = EventFilter(object_id=7)
+        assert await store.count_matching(by_contact) == 51
+        assert len(await store.list_events(by_contact, limit=100)) == 51
+        assert await store.count_matching(EventFilter(object_id=8)) == 0
+    finally:
+        await store.close()
+
+
+async def test_a_claim_lists_a_backlog_larger_than_one_chunk_a_transaction_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_dispatch, "LIST_CHUNK", 10)
+    calls: list[int] = []
+    real = sqlite_dispatch.list_new
+
+    def counted(conn: sqlite3.Connection, limit: int) -> int:
+        calls.append(real(conn, limit))
+        return calls[-1]
+
+    monkeypatch.setattr(sqlite_dispatch, "list_new", counted)
+    store = SQLiteStore(str(tmp_path / "chunks.db"))
+    await store.open()
+    try:
+        await store.ingest(to_new_events([event(n, "lead", event_id=n) for n in range(25)]), NOW)
+        claimed = await store.claim("me", NOW, 60, 100)
+    finally:
+        await store.close()
+    assert calls == [10, 10, 5]
+    assert sorted(c.object_id for c in claimed) == list(range(25))
+
+
 async def test_opening_a_file_of_a_newer_schema_version_is_a_config_error(
     tmp_path: Path,
 ) -> None:
@@ -72,12 +148,7 @@ def test_claim_queries_read_the_open_and_per_contact_indexes(tmp_path: Path) -> 
             conn.execute(statement)
     due = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + _DUE_CONTACTS, (0,) * 4))
     events = " ".join(
-        r[3]
-        for r in conn.execute(
-            f"EXPLAIN QUERY PLAN SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_object"
-            f" WHERE object_id IN (?, ?) AND {OPEN} AND next_attempt_at <= ?",
-            (1, 2, 0),
-        )
+        r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + contact_events_sql(2), (1, 2, 0))
     )
     conn.close()
     assert "USING INDEX events_open" in due
@@ -89,8 +160,7 @@ def test_a_row_breaking_not_null_fails_the_ingest_statement_instead_of_being_ski
 ) -> None:
     store_path = str(tmp_path / "ingest.db")
     conn = connect(store_path)
-    for statement in MIGRATIONS[0]:
-        conn.execute(statement)
+    migrate(conn)
     raw = b'{"eventId": 1}'
     # state NULL: OR IGNORE would skip the row and the event would count as a duplicate.
     batch = GroupRows(
