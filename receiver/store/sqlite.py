@@ -149,13 +149,12 @@ class SQLiteStore:
     ) -> list[ClaimedContact]:
         """Lease up to ``max_contacts`` contacts with due events, oldest first.
 
-        New events are listed in the index by contact first, a chunk per transaction
-        (see :mod:`receiver.store.sqlite_schema`), so the claim sees every one of them.
+        New events are listed in the index by contact first, in the same transaction,
+        until a webhook commit waits (see :data:`sqlite_dispatch.LIST_CHUNK`).
         """
-        chunk = sqlite_dispatch.LIST_CHUNK
-        while await self._wr.transaction(sqlite_dispatch.list_new, chunk) == chunk:
-            pass
-        return await self._wr.transaction(sqlite_dispatch.claim, owner, now, lease_s, max_contacts)
+        return await self._wr.transaction(
+            sqlite_dispatch.claim, owner, now, lease_s, max_contacts, self._lock.contended
+        )
 
     async def record(
         self,

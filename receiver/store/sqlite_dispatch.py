@@ -15,7 +15,7 @@ text at.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -40,10 +40,13 @@ _DUE_CONTACTS = f"""
     ) AS due
     GROUP BY object_id ORDER BY min(id) LIMIT ?
 """
-# Webhook commits leave new events out of the index by contact (see sqlite_schema).
-# Before a claim the store lists them, oldest first, this many per transaction: listing
-# a whole burst at once would hold the write lock, that webhook commits wait for, for
-# hundreds of milliseconds; between two chunks a waiting webhook commit goes first.
+# Webhook commits leave new events out of the index by contact (see sqlite_schema). A
+# claim lists them first, oldest first, a chunk at a time, in its own transaction, and
+# goes on while no webhook commit waits for the write lock: after a burst, or between
+# webhooks, every new event is listed and a contact's events are coalesced as before.
+# During a sustained burst it lists one chunk and takes only listed events; the rest
+# waits for a later claim, as if it had arrived after this one (it did arrive after
+# every listed event). Listing a whole burst at once held the lock for hundreds of ms.
 LIST_CHUNK = 1000
 _LIST_NEW = """
     UPDATE events SET listed = 1 WHERE id IN (
@@ -107,12 +110,20 @@ def contact_events_sql(contacts: int) -> str:
 
 
 def claim(
-    conn: sqlite3.Connection, owner: str, now: float, lease_s: float, max_contacts: int
+    conn: sqlite3.Connection,
+    owner: str,
+    now: float,
+    lease_s: float,
+    max_contacts: int,
+    contended: Callable[[], bool] = lambda: False,
 ) -> list[ClaimedContact]:
-    """Lease up to ``max_contacts`` contacts with due listed events, oldest first.
+    """Lease up to ``max_contacts`` contacts with due events, oldest first.
 
-    Events not listed yet are left for the next claim: they arrived after all it takes.
+    New events are listed first (see ``LIST_CHUNK``), and listing stops early once
+    ``contended()`` says a webhook commit is waiting.
     """
+    while list_new(conn, LIST_CHUNK) == LIST_CHUNK and not contended():
+        pass
     scan = CLAIM_SCAN_PER_CONTACT * max_contacts
     ids = [row[0] for row in conn.execute(_DUE_CONTACTS, (now, now, scan, max_contacts))]
     if not ids:

@@ -65,6 +65,10 @@ class WriteLock:
             self._held = False
             self._cond.notify_all()
 
+    def contended(self) -> bool:
+        """Whether a webhook commit (an urgent caller) is waiting for the lock right now."""
+        return self._urgent > 0
+
     def _overdue(self, since: float | None = None) -> bool:
         oldest = since if since is not None else min(self._normal, default=None)
         return oldest is not None and self._clock() - oldest >= self._max_wait_s

@@ -17,7 +17,7 @@ from receiver.store import sqlite_dispatch
 from receiver.store.base import IngestResult
 from receiver.store.sqlite import SQLiteStore
 from receiver.store.sqlite_dispatch import _DUE_CONTACTS, contact_events_sql
-from receiver.store.sqlite_ingest import GroupRows, insert_group
+from receiver.store.sqlite_ingest import GroupRows, group_rows, insert_group
 from receiver.store.sqlite_schema import MIGRATIONS, migrate
 from receiver.store.sqlite_thread import connect
 from tests.support.webhooks import event
@@ -102,27 +102,22 @@ async def test_webhook_events_stay_out_of_the_contact_index_until_a_claim_lists_
         await store.close()
 
 
-async def test_a_claim_lists_a_backlog_larger_than_one_chunk_a_transaction_each(
+def test_a_claim_lists_every_new_event_unless_a_webhook_commit_waits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_dispatch, "LIST_CHUNK", 10)
-    calls: list[int] = []
-    real = sqlite_dispatch.list_new
-
-    def counted(conn: sqlite3.Connection, limit: int) -> int:
-        calls.append(real(conn, limit))
-        return calls[-1]
-
-    monkeypatch.setattr(sqlite_dispatch, "list_new", counted)
-    store = SQLiteStore(str(tmp_path / "chunks.db"))
-    await store.open()
-    try:
-        await store.ingest(to_new_events([event(n, "lead", event_id=n) for n in range(25)]), NOW)
-        claimed = await store.claim("me", NOW, 60, 100)
-    finally:
-        await store.close()
-    assert calls == [10, 10, 5]
-    assert sorted(c.object_id for c in claimed) == list(range(25))
+    conn = connect(str(tmp_path / "chunks.db"))
+    migrate(conn)
+    for n in range(50):
+        group = group_rows([(to_new_events([event(n, "lead", event_id=n)]), NOW)])
+        insert_group(conn, group)
+    # A webhook commit waits: one chunk, and only its contacts are taken.
+    busy = sqlite_dispatch.claim(conn, "me", NOW, 60, 100, contended=lambda: True)
+    assert sorted(c.object_id for c in busy) == list(range(10))
+    # Nobody waits: the claim lists the other 40 and takes them all.
+    idle = sqlite_dispatch.claim(conn, "me", NOW, 60, 100, contended=lambda: False)
+    assert sorted(c.object_id for c in idle) == list(range(10, 50))
+    conn.close()
 
 
 async def test_opening_a_file_of_a_newer_schema_version_is_a_config_error(

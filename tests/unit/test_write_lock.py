@@ -78,3 +78,18 @@ def test_back_to_back_urgent_writers_let_a_normal_one_in_after_max_wait() -> Non
 def test_releasing_an_unlocked_lock_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         WriteLock().release()
+
+
+def test_contended_says_whether_an_urgent_caller_is_waiting() -> None:
+    lock = WriteLock()
+    lock.acquire()
+    assert not lock.contended()
+    waiter = threading.Thread(target=lambda: (lock.acquire(urgent=True), lock.release()))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not lock.contended() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert lock.contended()
+    lock.release()
+    waiter.join(5)
+    assert not lock.contended()
