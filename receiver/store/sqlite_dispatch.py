@@ -1,8 +1,7 @@
 """The dispatcher's SQLite transactions, as plain functions of a ``sqlite3`` connection.
 
 Each runs whole in the writer thread (see :mod:`receiver.store.sqlite_thread`), between
-``BEGIN IMMEDIATE`` and ``COMMIT``, so a claim (after listing new events) or a record
-costs one thread hop.
+``BEGIN IMMEDIATE`` and ``COMMIT``, so a claim or a record costs one thread hop.
 
 Writes of many rows are one statement each over ``json_each(?)``, not ``executemany``:
 ``sqlite3`` takes the GIL back after every row it steps, and while webhooks are being

@@ -10,9 +10,10 @@ inserts its events unlisted (``listed = 0``), so that it writes only pages at th
 its indexes: an entry by contact lands on a random page, one per event, and those pages
 were most of what a commit wrote to the WAL and flushed (batches of 100 events at 10
 connections, ingest alone: about 38,000 events/s and an ack p99 of ~52 ms with them,
-~60,000 and ~35 ms without). The dispatcher's claim lists every unlisted event first, in its own
-transaction, which is not flushed on its own and writes each page once for the whole
-lot; a lookup by contact reads ``events_object`` plus the few unlisted events, which
+~60,000 and ~35 ms without). The dispatcher's claim lists unlisted events first, in its
+own transaction, which is not flushed on its own and writes each page once for many
+events (how many: ``sqlite_dispatch.LIST_CHUNK``); a lookup by contact reads
+``events_object`` plus the few unlisted events, which
 ``events_unlisted`` finds (:data:`CONTACT_MATCH`).
 """
 
