@@ -1,7 +1,8 @@
 """Ingest: signed webhook batches against the service and the bare endpoint, side by side.
 
-For each load (events per request x connections) the bare endpoint and then the service
-on each backend run back to back, each in a fresh process with a fresh database: a
+For each load (events per request x connections) the bare endpoint, the minimal receiver
+(:mod:`bench.minimal`, single events only) and then the service on each backend run back
+to back, each in a fresh process with a fresh database: a
 warm-up, then the measured run. Reported per run: answered requests/s, acknowledged
 events/s, wrk's ack latency p50/p99, the service's rate as a share of the bare
 endpoint's (single-event requests), the CPU the server and wrk used, and whether the
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench import servers
+from bench import minimal, servers
 from bench.backends import Backend, backends_for
 from bench.report import Row
 from bench.tools import ensure_py_spy
@@ -63,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONTACTS,
         help="spread events over this many contacts at random; 0: a new contact per event"
         f" (default {DEFAULT_CONTACTS:,})",
+    )
+    group.add_argument(
+        "--no-minimal",
+        dest="minimal",
+        action="store_false",
+        help="skip the minimal receiver (the issue's reference, single events only)",
     )
     group.add_argument(
         "--no-ingest-only",
@@ -159,8 +166,20 @@ def _row(target: str, m: _Measurement, share: float | None, vs_sqlite: float | N
         "wrk cpu": f"{r.cpu_s / r.duration_s:.0%}",
         "errors": r.problems() or "-",
         "stored": m.check,
-        "goal": _goal(target, r.load, r, share) if target != "bare" else None,
+        "goal": _goal(target, r.load, r, share) if target not in ("bare", "minimal") else None,
     }
+
+
+def _run_minimal(load: Load, args: argparse.Namespace) -> _Measurement:
+    database = Path(args.workdir) / f"minimal-{random.randrange(1 << 30)}.db"
+    try:
+        with servers.minimal(args.workdir, database) as server:
+            m = _Measurement(server, load, args)
+        m.check = _stored_check(minimal.count_stored(str(database)), m, load.batch)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+    return m
 
 
 def _run_service(
@@ -196,6 +215,10 @@ def run(args: argparse.Namespace) -> list[Row]:
                     m = _Measurement(server, load, args)
                 bare_rps = m.main.requests_per_s
                 rows.append(_row("bare", m, None, None))
+                if args.minimal:
+                    print(f"bench: ingest minimal {label}", file=sys.stderr)
+                    m = _run_minimal(load, args)
+                    rows.append(_row("minimal", m, m.main.requests_per_s / bare_rps, None))
             for ingest_only in variants:
                 sqlite_eps = None
                 for backend in backends:

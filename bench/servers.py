@@ -1,4 +1,4 @@
-"""The processes under test: the real service and the bare endpoint, on loopback.
+"""The processes under test: the real service, the bare endpoint and the minimal receiver.
 
 Both run as subprocesses of the bench's own Python (the venv's), so they use the same
 uvicorn, event loop and HTTP parser. The environment handed to the service is rebuilt
@@ -165,6 +165,19 @@ def bare(workdir: Path) -> Iterator[Server]:
     port = free_port()
     argv = [sys.executable, "-m", "bench.bare", "--host", HOST, "--port", str(port)]
     server = _start("bare", argv, _clean_env({}), port, workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def minimal(workdir: Path, database: Path) -> Iterator[Server]:
+    """The minimal receiver (``python -m bench.minimal``), storing into ``database``."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.minimal", "--host", HOST, "--port", str(port)]
+    argv += ["--database", str(database)]
+    server = _start("minimal", argv, _clean_env({}), port, workdir)
     try:
         yield server
     finally:
