@@ -46,6 +46,9 @@ _DUE_CONTACTS = f"""
 # During a sustained burst it lists one chunk and takes only listed events; the rest
 # waits for a later claim, as if it had arrived after this one (it did arrive after
 # every listed event). Listing a whole burst at once held the lock for hundreds of ms.
+# Listing costs ~4 us an event in bulk (100,000 in 0.4 s, 35 MB of WAL, on the bench
+# machine), so even the claim after a large burst lists everything in well under a second
+# per 100,000 events, while any webhook waits at most for one chunk.
 LIST_CHUNK = 1000
 _LIST_NEW = """
     UPDATE events SET listed = 1 WHERE id IN (
