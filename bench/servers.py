@@ -1,6 +1,6 @@
 """The processes under test: the real service, the bare endpoint and the minimal receiver.
 
-Both run as subprocesses of the bench's own Python (the venv's), so they use the same
+All run as subprocesses of the bench's own Python (the venv's), so they use the same
 uvicorn, event loop and HTTP parser. The environment handed to the service is rebuilt
 from scratch for ``STAGESYNC_*`` keys, so a developer's own settings (a HubSpot token, a
 config file) cannot change what is measured.

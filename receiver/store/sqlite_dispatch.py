@@ -48,7 +48,8 @@ _DUE_CONTACTS = f"""
 # every listed event). Listing a whole burst at once held the lock for hundreds of ms.
 # Listing costs ~4 us an event in bulk (100,000 in 0.4 s, 35 MB of WAL, on the bench
 # machine), so even the claim after a large burst lists everything in well under a second
-# per 100,000 events, while any webhook waits at most for one chunk.
+# per 100,000 events; a webhook commit that starts waiting meanwhile waits for the chunk
+# in progress and the rest of the claim.
 LIST_CHUNK = 1000
 _LIST_NEW = """
     UPDATE events SET listed = 1 WHERE id IN (

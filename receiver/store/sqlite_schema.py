@@ -1,9 +1,9 @@
 """SQLite schema, as numbered migrations applied on start.
 
 Counts per state and reason live in ``event_counts``, kept by triggers, so ``/status``
-and the metrics read a handful of rows instead of scanning the events table. Partial
-indexes cover only open (pending or retrying) events, so they stay small however many
-closed events are kept.
+and the metrics read a handful of rows instead of scanning the events table. The
+indexes of open (pending or retrying) events and of unlisted events are partial, so they
+stay small however many closed events are kept.
 
 The index by contact, ``events_object``, holds only *listed* events. A webhook commit
 inserts its events unlisted (``listed = 0``), so that it writes only pages at the end of
@@ -12,9 +12,12 @@ were most of what a commit wrote to the WAL and flushed (batches of 100 events a
 connections, ingest alone: about 38,000 events/s and an ack p99 of ~52 ms with them,
 ~60,000 and ~35 ms without). The dispatcher's claim lists unlisted events first, in its
 own transaction, which is not flushed on its own and writes each page once for many
-events (how many: ``sqlite_dispatch.LIST_CHUNK``); a lookup by contact reads
-``events_object`` plus the few unlisted events, which
-``events_unlisted`` finds (:data:`CONTACT_MATCH`).
+events (see ``sqlite_dispatch.LIST_CHUNK``). Unlisted events are the newest: those that
+arrived since the last claim, more during a sustained burst or while the dispatcher
+has no room for a claim. A lookup by contact (:data:`CONTACT_MATCH`) reads
+``events_object`` for the listed ones and goes through ``events_unlisted`` for the
+others; that index carries the contact id (and ``listed``, so that SQLite sees it as
+covering), so the scan reads index pages only.
 """
 
 from __future__ import annotations
@@ -132,12 +135,13 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE events ADD COLUMN listed INTEGER NOT NULL DEFAULT 1",
         "DROP INDEX events_object",
         "CREATE INDEX events_object ON events(object_id, id) WHERE listed",
-        "CREATE INDEX events_unlisted ON events(id) WHERE NOT listed",
+        "CREATE INDEX events_unlisted ON events(id, object_id, listed) WHERE NOT listed",
     ],
 ]
 
 # Events of one contact (two placeholders for the same id): the listed ones through the
-# index by contact, the unlisted ones (the newest, not yet claimed) through their own.
+# index by contact, the unlisted ones (the newest) by a scan of their own index, which
+# holds the contact id.
 CONTACT_MATCH = (
     "id IN (SELECT id FROM events INDEXED BY events_object WHERE object_id = {0} AND listed"
     " UNION ALL SELECT id FROM events INDEXED BY events_unlisted"

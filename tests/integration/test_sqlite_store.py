@@ -18,7 +18,7 @@ from receiver.store.base import IngestResult
 from receiver.store.sqlite import SQLiteStore
 from receiver.store.sqlite_dispatch import _DUE_CONTACTS, contact_events_sql
 from receiver.store.sqlite_ingest import GroupRows, group_rows, insert_group
-from receiver.store.sqlite_schema import MIGRATIONS, migrate
+from receiver.store.sqlite_schema import CONTACT_MATCH, MIGRATIONS, migrate
 from receiver.store.sqlite_thread import connect
 from tests.support.webhooks import event
 
@@ -148,6 +148,29 @@ def test_claim_queries_read_the_open_and_per_contact_indexes(tmp_path: Path) -> 
     conn.close()
     assert "USING INDEX events_open" in due
     assert "USING INDEX events_object" in events
+
+
+def test_new_events_are_found_by_contact_and_listed_from_index_pages_only(
+    tmp_path: Path,
+) -> None:
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    for migration in MIGRATIONS:
+        for statement in migration:
+            conn.execute(statement)
+    by_contact = " ".join(
+        r[3]
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM events WHERE " + CONTACT_MATCH.format("?", "?"),
+            (1, 1),
+        )
+    )
+    listing = " ".join(
+        r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sqlite_dispatch._LIST_NEW, (10,))
+    )
+    conn.close()
+    assert "USING INDEX events_object (object_id=?)" in by_contact
+    assert "USING COVERING INDEX events_unlisted" in by_contact
+    assert "USING COVERING INDEX events_unlisted" in listing
 
 
 def test_a_row_breaking_not_null_fails_the_ingest_statement_instead_of_being_skipped(
