@@ -27,6 +27,7 @@ from receiver.models import (
     TargetRecord,
 )
 from receiver.store.base import IngestResult, ReplayRefusal
+from receiver.store.rows import history_outcome
 
 
 @dataclass
@@ -182,9 +183,8 @@ class InMemoryStore:
             row.next_attempt_at = o.next_attempt_at or 0.0
             row.coalesced_into = o.coalesced_into
             if o.counts_attempt:
-                outcome = "retry" if o.state == "retrying" else o.state
                 self.history_rows[o.event_id].append(
-                    HistoryEntry(now, outcome, o.error_code, o.error_message)
+                    HistoryEntry(now, history_outcome(o.state), o.error_code, o.error_message)
                 )
             if o.state == "synced":
                 self.synced_at = now

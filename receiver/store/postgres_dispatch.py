@@ -20,7 +20,7 @@ from typing import Any
 from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
 from receiver.store import postgres_sql as q
 from receiver.store.postgres_schema import OPEN_SQL
-from receiver.store.rows import EVENT_COLUMNS, claimed_contacts
+from receiver.store.rows import EVENT_COLUMNS, claimed_contacts, history_rows
 
 # How many open events a claim looks at per contact it may take (as the SQLite store).
 CLAIM_SCAN_PER_CONTACT = 5
@@ -85,12 +85,7 @@ async def record(
 ) -> None:
     """Record outcomes and contact state, and release leases, in one transaction."""
     updates = q.merge_outcomes(outcomes)
-    history = [
-        (o.event_id, "retry" if o.state == "retrying" else o.state, o.error_code,
-         o.error_message)
-        for o in outcomes
-        if o.counts_attempt
-    ]  # fmt: skip
+    history = history_rows(outcomes)
     contact_rows = q.contact_rows(contacts)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(BOOKKEEPING)

@@ -47,6 +47,20 @@ def claimed_contacts(
     return [ClaimedContact(i, tuple(by_contact[i]), states.get(i)) for i in ids]
 
 
+def history_outcome(state: str) -> str:
+    """The outcome an attempt that left its event in ``state`` has in its history."""
+    return "retry" if state == "retrying" else state
+
+
+def history_rows(outcomes: Iterable[Outcome]) -> list[tuple[int, str, str | None, str | None]]:
+    """``(event id, outcome, error code, error message)`` for each outcome that is an attempt."""
+    return [
+        (o.event_id, history_outcome(o.state), o.error_code, o.error_message)
+        for o in outcomes
+        if o.counts_attempt
+    ]
+
+
 def _has_nul(*texts: str | None) -> bool:
     return any(t is not None and "\x00" in t for t in texts)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
-from receiver.store.rows import EVENT_COLUMNS, claimed_contacts
+from receiver.store.rows import EVENT_COLUMNS, claimed_contacts, history_rows
 
 OPEN = "state IN ('pending', 'retrying')"
 # How many open events a claim looks at, per contact it may take, to find distinct
@@ -163,11 +163,7 @@ def record(
             for o in outcomes
         ]  # fmt: skip
         conn.execute(_UPDATE_EVENTS_JSON, (orjson.dumps(updates), now))
-    history = [
-        (o.event_id, "retry" if o.state == "retrying" else o.state, o.error_code, o.error_message)
-        for o in outcomes
-        if o.counts_attempt
-    ]
+    history = history_rows(outcomes)
     if history:
         conn.execute(_INSERT_HISTORY_JSON, (orjson.dumps(history), now))
     if contacts:

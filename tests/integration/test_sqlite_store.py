@@ -25,6 +25,11 @@ from tests.support.webhooks import event
 NOW = 1_700_000_000.0
 
 
+def plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> str:
+    """SQLite's query plan for ``sql``, its lines joined."""
+    return " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
 def indexes(path: Path) -> set[str]:
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
@@ -137,14 +142,10 @@ async def test_opening_a_file_of_a_newer_schema_version_is_a_config_error(
 
 
 def test_claim_queries_read_the_open_and_per_contact_indexes(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "plan.db")
-    for migration in MIGRATIONS:
-        for statement in migration:
-            conn.execute(statement)
-    due = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + _DUE_CONTACTS, (0,) * 4))
-    events = " ".join(
-        r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + contact_events_sql(2), (1, 2, 0))
-    )
+    conn = sqlite3.connect(tmp_path / "plan.db", isolation_level=None)
+    migrate(conn)
+    due = plan(conn, _DUE_CONTACTS, (0,) * 4)
+    events = plan(conn, contact_events_sql(2), (1, 2, 0))
     conn.close()
     assert "USING INDEX events_open" in due
     assert "USING INDEX events_object" in events
@@ -153,20 +154,10 @@ def test_claim_queries_read_the_open_and_per_contact_indexes(tmp_path: Path) -> 
 def test_new_events_are_found_by_contact_and_listed_from_index_pages_only(
     tmp_path: Path,
 ) -> None:
-    conn = sqlite3.connect(tmp_path / "plan.db")
-    for migration in MIGRATIONS:
-        for statement in migration:
-            conn.execute(statement)
-    by_contact = " ".join(
-        r[3]
-        for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM events WHERE " + CONTACT_MATCH.format("?", "?"),
-            (1, 1),
-        )
-    )
-    listing = " ".join(
-        r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sqlite_dispatch._LIST_NEW, (10,))
-    )
+    conn = sqlite3.connect(tmp_path / "plan.db", isolation_level=None)
+    migrate(conn)
+    by_contact = plan(conn, "SELECT id FROM events WHERE " + CONTACT_MATCH.format("?", "?"), (1, 1))
+    listing = plan(conn, sqlite_dispatch._LIST_NEW, (10,))
     conn.close()
     assert "USING INDEX events_object (object_id=?)" in by_contact
     assert "USING COVERING INDEX events_unlisted" in by_contact
