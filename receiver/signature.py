@@ -24,19 +24,26 @@ Decisions, following developers.hubspot.com/docs/api/webhooks/validating-request
 - **Errors.** Every failure raises :class:`SignatureError` with a short message that
   never contains the secret, the expected signature or the received one.
 - **Comparison** is constant-time (:func:`hmac.compare_digest`) on ASCII bytes.
+- **HMAC from precomputed pads.** ``hmac.digest`` looks SHA-256 up in OpenSSL and
+  hashes the key's two pads on every call (1.8 us for a one-event body, against 0.9 us
+  here). v3 keeps the two hashes with the client secret's pads absorbed (a few secrets,
+  cached) and copies them per request: RFC 2104 exactly, checked against
+  ``hmac.digest`` in the tests.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from receiver.exceptions import SignatureError
 
-__all__ = ["sign_v1", "sign_v2", "sign_v3", "verify"]
+__all__ = ["hmac_sha256", "sign_v1", "sign_v2", "sign_v3", "verify"]
 
 HEADER_SIGNATURE = "x-hubspot-signature"
 HEADER_VERSION = "x-hubspot-signature-version"
@@ -68,9 +75,34 @@ def _decode_v3_uri(uri: str) -> str:
     return _V3_ESCAPE_RE.sub(lambda m: _V3_ESCAPES[m.group(1).upper()], uri)
 
 
+_BLOCK = 64  # SHA-256's block size in bytes
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+@functools.lru_cache(maxsize=4)
+def _pads(secret: str) -> tuple[Any, Any]:
+    key = secret.encode()
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
+def hmac_sha256(secret: str, message: bytes) -> bytes:
+    """HMAC-SHA256 of ``message`` keyed by ``secret`` (UTF-8), as ``hmac.digest`` gives it."""
+    inner, outer = _pads(secret)
+    inner = inner.copy()
+    inner.update(message)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
 def _v3_digest(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> bytes:
     message = b"".join((method.encode(), _decode_v3_uri(uri).encode(), body, timestamp.encode()))
-    return base64.b64encode(hmac.digest(secret.encode(), message, "sha256"))
+    return base64.b64encode(hmac_sha256(secret, message))
 
 
 def _v1_hex(secret: str, body: bytes) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 from hubspot.utils.signature import Signature  # type: ignore[import-untyped]
 from hypothesis import given
 from hypothesis import strategies as st
 
 from receiver.exceptions import SignatureError
-from receiver.signature import sign_v1, sign_v2, sign_v3, verify
+from receiver.signature import hmac_sha256, sign_v1, sign_v2, sign_v3, verify
 
 # Documented examples (developers.hubspot.com v1/v2 request validation pages, and the
 # SDK's own v3 test).
@@ -133,6 +135,23 @@ def test_sign_v3_agrees_with_the_official_sdk(
         body=body.encode(),
         now_ms=timestamp,
     )
+
+
+@given(
+    secret=st.one_of(
+        st.text(max_size=200),
+        st.sampled_from(["", "k" * 63, "k" * 64, "k" * 65, "é" * 32, "ü" * 33]),
+    ),
+    message=st.binary(max_size=500),
+)
+def test_hmac_from_cached_pads_equals_the_standard_library_for_keys_of_every_length(
+    secret: str, message: bytes
+) -> None:
+    # Keys shorter than, equal to and longer than SHA-256's 64-byte block (hashed first);
+    # the second call reads the pads from the cache.
+    expected = hmac.digest(secret.encode(), message, "sha256")
+    assert hmac_sha256(secret, message) == expected
+    assert hmac_sha256(secret, message) == expected
 
 
 @given(secret=secrets, body=st.text(max_size=300), uri=uris)
