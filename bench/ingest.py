@@ -7,15 +7,24 @@ warm-up, then the measured run. Reported per run: answered requests/s, acknowled
 events/s, wrk's ack latency p50/p99, the service's rate as a share of the bare
 endpoint's (single-event requests), the CPU the server and wrk used, and whether the
 database holds every acknowledged event afterwards.
+
+``--rounds N`` runs that sequence N times per load, so the servers alternate and each
+share of bare is measured against the bare run of its own round. A row then gives the
+median of each figure over the rounds, judges the goal on those medians, and shows the
+range of the goal's own figure (share of bare, or p99 for batches of 100): on a shared
+machine one round can land in a slow moment, and a median of interleaved rounds says
+more than any single run.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -64,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONTACTS,
         help="spread events over this many contacts at random; 0: a new contact per event"
         f" (default {DEFAULT_CONTACTS:,})",
+    )
+    group.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each load this many times, servers interleaved, and report medians (default 1)",
     )
     group.add_argument(
         "--no-minimal",
@@ -137,37 +152,77 @@ def _stored_check(stored: int, m: _Measurement, batch: int) -> str:
     return f"FAIL: {stored} stored, {acked} acked"
 
 
-def _goal(backend: str, load: Load, result: WrkResult, share: float | None) -> str:
+@dataclass
+class _Entry:
+    """One round of one server: its measurement and its figures relative to others."""
+
+    m: _Measurement
+    share: float | None  # req/s over the same round's bare endpoint
+    vs_sqlite: float | None  # events/s over the same round's SQLite service
+
+
+def _goal(load: Load, p99_ms: float, events_per_s: float, share: float | None) -> str:
     if load.batch == 1 and share is not None:
         verdict = "ok" if share >= BARE_SHARE_MIN else "MISS"
         aim = "" if share >= BARE_SHARE_AIM else f", aim {BARE_SHARE_AIM:.0%}"
         return f"{verdict} (>= {BARE_SHARE_MIN:.0%} of bare{aim})"
     if load.batch == 100 and load.connections == 10:
-        p99 = "ok" if result.p99_ms < P99_MS_MAX else "MISS"
-        rate = "ok" if result.events_per_s >= EVENTS_PER_S_MIN else "MISS"
+        p99 = "ok" if p99_ms < P99_MS_MAX else "MISS"
+        rate = "ok" if events_per_s >= EVENTS_PER_S_MIN else "MISS"
         return f"p99 < {P99_MS_MAX:.0f} ms {p99}, >= {EVENTS_PER_S_MIN:,.0f} ev/s {rate}"
     return ""
 
 
-def _row(target: str, m: _Measurement, share: float | None, vs_sqlite: float | None) -> Row:
-    r = m.main
-    return {
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _spread(entries: list[_Entry]) -> str:
+    """The range of the goal's own figure over the rounds."""
+    shares = [e.share for e in entries if e.share is not None]
+    if shares:
+        return f"{len(entries)}: {min(shares):.0%}-{max(shares):.0%}"
+    runs = [e.m.main for e in entries]
+    if runs[0].load.batch == 1:  # the bare endpoint: its rate is what the shares divide
+        rates = [r.requests_per_s for r in runs]
+        return f"{len(entries)}: {min(rates):,.0f}-{max(rates):,.0f} req/s"
+    p99s = [r.p99_ms for r in runs]
+    return f"{len(entries)}: p99 {min(p99s):.1f}-{max(p99s):.1f} ms"
+
+
+def _row(target: str, entries: list[_Entry]) -> Row:
+    """One row: the figures of one round, or the medians of several."""
+    runs = [e.m.main for e in entries]
+    load = runs[0].load
+    share = _median([e.share for e in entries])
+    vs_sqlite = _median([e.vs_sqlite for e in entries])
+    p99 = statistics.median(r.p99_ms for r in runs)
+    events_per_s = statistics.median(r.events_per_s for r in runs)
+    problems = sorted({p for r in runs if (p := r.problems())})
+    checks = [e.m.check for e in entries if e.m.check != "ok"]
+    row: Row = {
         "server": target,
-        "batch": r.load.batch,
-        "conns": r.load.connections,
-        "req/s": r.requests_per_s,
-        "events/s": r.events_per_s,
-        "p50 ms": r.p50_ms,
-        "p99 ms": r.p99_ms,
+        "batch": load.batch,
+        "conns": load.connections,
+        "req/s": statistics.median(r.requests_per_s for r in runs),
+        "events/s": events_per_s,
+        "p50 ms": statistics.median(r.p50_ms for r in runs),
+        "p99 ms": p99,
         "vs bare": f"{share:.0%}" if share is not None else None,
         "vs sqlite": f"{vs_sqlite:.0%}" if vs_sqlite is not None else None,
-        "synced/s": m.closed_per_s,
-        "srv cpu": f"{m.server_cpu:.0%}",
-        "wrk cpu": f"{r.cpu_s / r.duration_s:.0%}",
-        "errors": r.problems() or "-",
-        "stored": m.check,
-        "goal": _goal(target, r.load, r, share) if target not in ("bare", "minimal") else None,
+        "synced/s": _median([e.m.closed_per_s for e in entries]),
+        "srv cpu": f"{statistics.median(e.m.server_cpu for e in entries):.0%}",
+        "wrk cpu": f"{statistics.median(r.cpu_s / r.duration_s for r in runs):.0%}",
+        "errors": "; ".join(problems) or "-",
+        "stored": checks[0] if checks else entries[0].m.check,
+        "goal": (
+            _goal(load, p99, events_per_s, share) if target not in ("bare", "minimal") else None
+        ),
     }
+    if len(entries) > 1:
+        row["rounds"] = _spread(entries)
+    return row
 
 
 def _run_minimal(load: Load, args: argparse.Namespace) -> _Measurement:
@@ -199,41 +254,51 @@ def _run_service(
     return m
 
 
+def _round(
+    load: Load, args: argparse.Namespace, backends: list[Backend], out: dict[str, list[_Entry]]
+) -> None:
+    """Every server once on ``load``, in order; each one's entry goes to ``out[name]``."""
+    label = f"batch={load.batch} conns={load.connections}"
+    bare_rps = None
+    if load.batch == 1:
+        print(f"bench: ingest bare {label}", file=sys.stderr)
+        with servers.bare(args.workdir) as server:
+            m = _Measurement(server, load, args)
+        bare_rps = m.main.requests_per_s
+        out.setdefault("bare", []).append(_Entry(m, None, None))
+        if args.minimal:
+            print(f"bench: ingest minimal {label}", file=sys.stderr)
+            m = _run_minimal(load, args)
+            out.setdefault("minimal", []).append(_Entry(m, m.main.requests_per_s / bare_rps, None))
+    for ingest_only in [False, True] if args.ingest_only else [False]:
+        sqlite_eps = None
+        for backend in backends:
+            name = backend.name + (" ingest-only" if ingest_only else "")
+            print(f"bench: ingest {name} {label}", file=sys.stderr)
+            m = _run_service(backend, load, args, ingest_only)
+            _warn_without_fast_paths(m)
+            share = m.main.requests_per_s / bare_rps if bare_rps else None
+            vs_sqlite = None
+            if backend.name == "sqlite":
+                sqlite_eps = m.main.events_per_s
+            elif sqlite_eps:
+                vs_sqlite = m.main.events_per_s / sqlite_eps
+            out.setdefault(name, []).append(_Entry(m, share, vs_sqlite))
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     """Measure every load on the bare endpoint (single events) and on each backend."""
+    if args.rounds < 1:
+        raise SystemExit("bench: --rounds must be at least 1")
     backends = backends_for(args)
-    variants = [False, True] if args.ingest_only else [False]
     rows: list[Row] = []
     for batch in args.batches:
         for conns in args.connections:
             load = Load(args.duration, conns, args.threads, batch)
-            label = f"batch={batch} conns={conns}"
-            bare_rps = None
-            if batch == 1:
-                print(f"bench: ingest bare {label}", file=sys.stderr)
-                with servers.bare(args.workdir) as server:
-                    m = _Measurement(server, load, args)
-                bare_rps = m.main.requests_per_s
-                rows.append(_row("bare", m, None, None))
-                if args.minimal:
-                    print(f"bench: ingest minimal {label}", file=sys.stderr)
-                    m = _run_minimal(load, args)
-                    rows.append(_row("minimal", m, m.main.requests_per_s / bare_rps, None))
-            for ingest_only in variants:
-                sqlite_eps = None
-                for backend in backends:
-                    name = backend.name + (" ingest-only" if ingest_only else "")
-                    print(f"bench: ingest {name} {label}", file=sys.stderr)
-                    m = _run_service(backend, load, args, ingest_only)
-                    _warn_without_fast_paths(m)
-                    share = m.main.requests_per_s / bare_rps if bare_rps else None
-                    eps = m.main.events_per_s
-                    vs_sqlite = None
-                    if backend.name == "sqlite":
-                        sqlite_eps = eps
-                    elif sqlite_eps:
-                        vs_sqlite = eps / sqlite_eps
-                    rows.append(_row(name, m, share, vs_sqlite))
+            entries: dict[str, list[_Entry]] = {}
+            for _ in range(args.rounds):
+                _round(load, args, backends, entries)
+            rows.extend(_row(name, server_entries) for name, server_entries in entries.items())
     return rows
 
 
