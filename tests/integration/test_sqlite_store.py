@@ -281,7 +281,8 @@ async def test_the_checkpointer_copies_the_wal_back_so_commits_start_it_again(
                 NOW,
             )  # fmt: skip
         grown = file_size(wal)
-        # Two intervals: the checkpointer has copied the WAL back, with no commit's help.
+        # Past the idle interval: the checkpointer has copied the WAL back, with no
+        # commit's help.
         await asyncio.sleep(0.6)
         for n in range(5, 10):
             await store.ingest(
