@@ -11,8 +11,9 @@ beginning. Only past :data:`~receiver.store.sqlite_thread.AUTOCHECKPOINT_PAGES` 
 committing connection checkpoint after all, a safety net for a checkpointer that cannot
 keep up.
 
-How often: every :data:`ACTIVE_INTERVAL_S` while the WAL keeps changing, every
-:data:`IDLE_INTERVAL_S` once a pass finds nothing new (:func:`next_interval`). Each pass
+How often: every :data:`ACTIVE_INTERVAL_S` while other connections keep committing,
+every :data:`IDLE_INTERVAL_S` once a pass finds no commit since the last one
+(:func:`next_interval`, on SQLite's ``data_version``). Each pass
 ends with an fsync of the database file for everything it copied, and a webhook commit's
 own flush of the WAL waits behind it at the disk. Under a burst of batches the WAL grows
 by some 40 MB in 250 ms: passes that far apart took 50-265 ms, commits during them as
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from receiver.logging import get_logger
 from receiver.store.sqlite_thread import connect, run_to_end
@@ -36,27 +38,36 @@ log = get_logger("receiver.store")
 ACTIVE_INTERVAL_S = 0.05
 IDLE_INTERVAL_S = 0.25
 
-# What a pass reports: (pages in the WAL, pages copied back); (-1, -1) when SQLite could
-# not run it (another checkpoint was running).
-Progress = tuple[int, int]
+
+class Progress(NamedTuple):
+    """What one pass saw."""
+
+    pages: int  # in the WAL; -1 when SQLite could not run it (another checkpoint was)
+    copied: int  # pages of the WAL now in the database file
+    version: int  # SQLite's data_version: changes when another connection commits
 
 
 def checkpoint(conn: sqlite3.Connection) -> Progress:
     """One ``PASSIVE`` checkpoint: copy what it can, wait for nobody."""
     _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return int(pages), int(copied)
+    (version,) = conn.execute("PRAGMA data_version").fetchone()
+    return Progress(int(pages), int(copied), int(version))
 
 
 def next_interval(
     before: Progress | None, after: Progress | None, active_s: float, idle_s: float
 ) -> float:
-    """Seconds to the next pass: ``active_s`` while the WAL changes, else ``idle_s``.
+    """Seconds to the next pass: ``active_s`` after commits by others, else ``idle_s``.
 
-    ``after`` is None when the pass failed; an empty WAL (0 pages) counts as resting.
+    Commits are told by ``data_version``, not by the WAL's size: a WAL started again from
+    its beginning can be just as long as at the last pass. ``after`` is None when the pass
+    failed; the first pass counts as active when it found pages to copy.
     """
-    if after is None or after == before or after[0] <= 0:
+    if after is None:
         return idle_s
-    return active_s
+    if before is None:
+        return active_s if after.pages > 0 else idle_s
+    return active_s if after.version != before.version else idle_s
 
 
 class Checkpointer:
