@@ -13,13 +13,13 @@ keep up.
 
 How often: every :data:`ACTIVE_INTERVAL_S` while other connections keep committing,
 every :data:`IDLE_INTERVAL_S` once a pass finds no commit since the last one
-(:func:`next_interval`, on SQLite's ``data_version``). Each pass
-ends with an fsync of the database file for everything it copied, and a webhook commit's
-own flush of the WAL waits behind it at the disk. Under a burst of batches the WAL grows
-by some 40 MB in 250 ms: passes that far apart took 50-265 ms, commits during them as
-long, and the ack p99 of batches of 100 at 10 connections was 78-410 ms in three runs
-out of four. Every 50 ms each pass is a fifth of that, and the p99 stayed at 30-35 ms in
-four runs out of four, at the same throughput (``bench/README.md``).
+(:func:`next_interval`, on SQLite's ``data_version``). Each pass ends with an fsync of
+the database file for everything it copied, and a webhook commit's own flush of the WAL
+waits behind it at the disk. Under a burst of batches the WAL grows by some 40 MB in
+250 ms: passes that far apart took 50-265 ms, commits during them as long, and the ack
+p99 of batches of 100 at 10 connections was 78-410 ms in three runs out of four. Every
+50 ms each pass is a fifth of that, and the p99 stayed at 30-35 ms in four runs out of
+four, at the same throughput (``bench/README.md``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ conflict handling, closing with requests in flight, the claim's indexes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,23 @@ from receiver.store.sqlite_thread import connect
 from tests.support.webhooks import event
 
 NOW = 1_700_000_000.0
+
+
+@contextlib.asynccontextmanager
+async def opened(path: Path) -> AsyncIterator[SQLiteStore]:
+    """A SQLite store on ``path``, open for the block and closed after it."""
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def count_where(path: Path, where: str) -> int:
+    """How many events of the file at ``path`` match ``where``, read on a connection of its own."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM events WHERE {where}").fetchone()[0])
 
 
 def plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> str:
@@ -47,9 +66,8 @@ async def test_opening_a_version_1_file_drops_the_redundant_open_contact_index(
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     assert "events_open_contact" in indexes(path)
-    store = SQLiteStore(str(path))
-    await store.open()
-    await store.close()
+    async with opened(path):
+        pass  # opening migrates
     assert "events_open_contact" not in indexes(path)
     assert {"events_open", "events_object"} <= indexes(path)
 
@@ -68,43 +86,29 @@ async def test_opening_a_version_2_file_lists_its_events_in_the_index_by_contact
         " VALUES (x'01', 'pending', 42, 0, 0, x'7b7d')"
     )
     conn.close()
-    store = SQLiteStore(str(path))
-    await store.open()
-    try:
+    async with opened(path) as store:
         [contact] = await store.claim("me", NOW, 60, 10)
         assert contact.object_id == 42 and len(contact.events) == 1
-    finally:
-        await store.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE listed").fetchone() == (1,)
-    conn.close()
+    assert count_where(path, "listed") == 1
 
 
 async def test_webhook_events_stay_out_of_the_contact_index_until_a_claim_lists_them(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "listed.db"
-    store = SQLiteStore(str(path))
-    await store.open()
-    try:
+    async with opened(path) as store:
         # More events for contact 7 than the claim's scan reads: the claim still takes all.
         await store.ingest(to_new_events([event(7, "lead", event_id=n) for n in range(50)]), NOW)
-        with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT count(*) FROM events WHERE listed").fetchone() == (0,)
-        conn.close()
+        assert count_where(path, "listed") == 0
         [contact] = await store.claim("me", NOW, 60, 1)
         assert len(contact.events) == 50
-        with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT count(*) FROM events WHERE NOT listed").fetchone() == (0,)
-        conn.close()
+        assert count_where(path, "NOT listed") == 0
         await store.ingest(to_new_events([event(7, "customer", event_id=99)]), NOW)
         # A filter by contact finds the listed events and the one not listed yet alike.
         by_contact = EventFilter(object_id=7)
         assert await store.count_matching(by_contact) == 51
         assert len(await store.list_events(by_contact, limit=100)) == 51
         assert await store.count_matching(EventFilter(object_id=8)) == 0
-    finally:
-        await store.close()
 
 
 def test_a_claim_lists_every_new_event_unless_a_webhook_commit_waits(
@@ -207,28 +211,20 @@ async def test_close_answers_every_ingest_request_queued_or_being_committed(
         await store.close()
     assert all(t.done() for t in tasks)
     assert [t.result() for t in tasks] == [IngestResult(1, 0, 0)] * 200
-    store = SQLiteStore(str(tmp_path / "close.db"))
-    await store.open()
-    try:
+    async with opened(tmp_path / "close.db") as store:
         assert await store.count_matching(EventFilter()) == 200
-    finally:
-        await store.close()
 
 
 async def test_upsert_of_one_record_twice_in_a_call_merges_into_the_first(
     tmp_path: Path,
 ) -> None:
-    store = SQLiteStore(str(tmp_path / "records.db"))
-    await store.open()
-    try:
+    async with opened(tmp_path / "records.db") as store:
         first = await store.upsert_records(
             [("lead", "7", {"a": 1, "b": 1}), ("lead", "7", {"b": 2}), ("contact", "7", {})],
             NOW,
         )
         again = await store.upsert_records([("lead", "7", {"c": 3})], NOW + 1)
         records = {(r.kind, r.hubspot_id): r.fields for r in await store.list_records()}
-    finally:
-        await store.close()
     assert first == [("dry-lead-7", True), ("dry-lead-7", False), ("dry-contact-7", True)]
     assert again == [("dry-lead-7", False)]
     assert records == {("lead", "7"): {"a": 1, "b": 2, "c": 3}, ("contact", "7"): {}}
@@ -270,27 +266,20 @@ async def test_the_checkpointer_copies_the_wal_back_so_commits_start_it_again(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "wal.db"
-    store = SQLiteStore(str(path))
-    await store.open()
-    try:
-        wal = f"{path}-wal"
-        for n in range(5):
-            await store.ingest(
-                to_new_events([event(n * 1000 + i, "lead", event_id=n * 1000 + i)
-                               for i in range(500)]),
-                NOW,
-            )  # fmt: skip
+    wal = f"{path}-wal"
+
+    async def burst(store: SQLiteStore, first: int) -> None:
+        # Five commits of 500 new events each, ids from ``first * 1000``.
+        for n in range(first, first + 5):
+            ids = range(n * 1000, n * 1000 + 500)
+            await store.ingest(to_new_events([event(i, "lead", event_id=i) for i in ids]), NOW)
+
+    async with opened(path) as store:
+        await burst(store, 0)
         grown = file_size(wal)
         # Past the idle interval: the checkpointer has copied the WAL back, with no
         # commit's help.
         await asyncio.sleep(0.6)
-        for n in range(5, 10):
-            await store.ingest(
-                to_new_events([event(n * 1000 + i, "lead", event_id=n * 1000 + i)
-                               for i in range(500)]),
-                NOW,
-            )  # fmt: skip
+        await burst(store, 5)
         # The second burst reused the WAL from its start instead of growing it.
         assert file_size(wal) <= grown * 1.2
-    finally:
-        await store.close()

@@ -25,32 +25,27 @@ def settle() -> None:
     time.sleep(0.05)  # long enough for a started thread to reach its wait
 
 
-def test_an_urgent_writer_goes_before_a_normal_one_that_waited_less_than_max_wait() -> None:
-    lock = WriteLock(max_wait_s=10.0)
+@pytest.mark.parametrize(
+    ("max_wait_s", "normal_waited_s", "order_wanted"),
+    [
+        pytest.param(10.0, 0.05, ["urgent", "normal"], id="urgent-first-before-max-wait"),
+        pytest.param(0.05, 0.15, ["normal", "urgent"], id="normal-first-once-overdue"),
+    ],
+)
+def test_an_urgent_writer_goes_first_unless_the_normal_one_has_waited_max_wait(
+    max_wait_s: float, normal_waited_s: float, order_wanted: list[str]
+) -> None:
+    lock = WriteLock(max_wait_s=max_wait_s)
     order: list[str] = []
     lock.acquire()
     normal = waiter(lock, False, order, "normal")
-    settle()
+    time.sleep(normal_waited_s)
     urgent = waiter(lock, True, order, "urgent")
     settle()
     lock.release()
     normal.join(2)
     urgent.join(2)
-    assert order == ["urgent", "normal"]
-
-
-def test_a_normal_writer_that_waited_max_wait_goes_first() -> None:
-    lock = WriteLock(max_wait_s=0.05)
-    order: list[str] = []
-    lock.acquire()
-    normal = waiter(lock, False, order, "normal")
-    time.sleep(0.15)
-    urgent = waiter(lock, True, order, "urgent")
-    settle()
-    lock.release()
-    normal.join(2)
-    urgent.join(2)
-    assert order == ["normal", "urgent"]
+    assert order == order_wanted
 
 
 def test_back_to_back_urgent_writers_let_a_normal_one_in_after_max_wait() -> None:
