@@ -55,9 +55,9 @@ class SQLiteBackend:
     _n: int = 0
 
     def fresh_url(self) -> str:
-        """``sqlite:///<workdir>/bench-N.db``."""
+        """``sqlite:///<workdir>/<name>-N.db``."""
         self._n += 1
-        return f"sqlite:///{self.workdir}/bench-{self._n}.db"
+        return f"sqlite:///{self.workdir}/{self.name}-{self._n}.db"
 
     def count_events(self, url: str) -> int:
         """``count(*)`` of the events table, read with the standard library."""

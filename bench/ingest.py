@@ -1,8 +1,9 @@
 """Ingest: signed webhook batches against the service and the bare endpoint, side by side.
 
 For each load (events per request x connections) the bare endpoint, the minimal receiver
-(:mod:`bench.minimal`, single events only) and then the service on each backend run back
-to back, each in a fresh process with a fresh database: a
+(:mod:`bench.minimal`) and the service's request path without its commit
+(:mod:`bench.checks_only`), those three for single events only, and then the service on
+each backend run back to back, each in a fresh process with a fresh database: a
 warm-up, then the measured run. Reported per run: answered requests/s, acknowledged
 events/s, wrk's ack latency p50/p99, the service's rate as a share of the bare
 endpoint's (single-event requests), the CPU the server and wrk used, and whether the
@@ -29,7 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import minimal, servers
-from bench.backends import Backend, backends_for
+from bench.backends import Backend, SQLiteBackend, backends_for
 from bench.report import Row
 from bench.tools import ensure_py_spy
 from bench.wrk import Load, WrkResult, run_wrk
@@ -42,6 +43,8 @@ P99_MS_MAX = 50.0  # batches of 100 at concurrency 10
 EVENTS_PER_S_MIN = 30_000.0  # batches of 100
 BARE_SHARE_MIN = 0.30  # single-event requests, service req/s over bare req/s
 BARE_SHARE_AIM = 0.45
+# Rows that are points of comparison, not the service: no goal is judged on them.
+REFERENCES = ("bare", "minimal", "checks-only")
 DEFAULT_CONTACTS = 100_000
 
 
@@ -85,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="minimal",
         action="store_false",
         help="skip the minimal receiver (the issue's reference, single events only)",
+    )
+    group.add_argument(
+        "--no-checks-only",
+        dest="checks_only",
+        action="store_false",
+        help="skip the service's request path without a commit (single events only)",
     )
     group.add_argument(
         "--no-ingest-only",
@@ -216,9 +225,7 @@ def _row(target: str, entries: list[_Entry]) -> Row:
         "wrk cpu": f"{statistics.median(r.cpu_s / r.duration_s for r in runs):.0%}",
         "errors": "; ".join(problems) or "-",
         "stored": checks[0] if checks else entries[0].m.check,
-        "goal": (
-            _goal(load, p99, events_per_s, share) if target not in ("bare", "minimal") else None
-        ),
+        "goal": (_goal(load, p99, events_per_s, share) if target not in REFERENCES else None),
     }
     if len(entries) > 1:
         row["rounds"] = _spread(entries)
@@ -238,19 +245,21 @@ def _run_minimal(load: Load, args: argparse.Namespace) -> _Measurement:
 
 
 def _run_service(
-    backend: Backend, load: Load, args: argparse.Namespace, ingest_only: bool
+    backend: Backend, load: Load, args: argparse.Namespace, variant: str = "service"
 ) -> _Measurement:
     url = backend.fresh_url()
     try:
         before = backend.count_events(url)
-        with servers.service(url, args.secret, args.workdir, ingest_only=ingest_only) as server:
+        with servers.service(url, args.secret, args.workdir, variant=variant) as server:
             before = max(before, backend.count_events(url))
-            closed = None if ingest_only else partial(backend.count_closed, url)
+            dispatching = variant == "service"
+            closed = partial(backend.count_closed, url) if dispatching else None
             m = _Measurement(server, load, args, closed)
         stored = backend.count_events(url) - before
     finally:
         backend.drop(url)
-    m.check = _stored_check(stored, m, load.batch)
+    # checks-only commits nothing by design: there is nothing to check.
+    m.check = "-" if variant == "checks-only" else _stored_check(stored, m, load.batch)
     return m
 
 
@@ -270,12 +279,19 @@ def _round(
             print(f"bench: ingest minimal {label}", file=sys.stderr)
             m = _run_minimal(load, args)
             out.setdefault("minimal", []).append(_Entry(m, m.main.requests_per_s / bare_rps, None))
-    for ingest_only in [False, True] if args.ingest_only else [False]:
+        if args.checks_only:
+            print(f"bench: ingest checks-only {label}", file=sys.stderr)
+            # It writes nothing, so any backend would do; its patch is on the SQLite store.
+            scratch = SQLiteBackend(Path(args.workdir), name="checks-only")
+            m = _run_service(scratch, load, args, "checks-only")
+            share = m.main.requests_per_s / bare_rps
+            out.setdefault("checks-only", []).append(_Entry(m, share, None))
+    for variant in ["service", "ingest-only"] if args.ingest_only else ["service"]:
         sqlite_eps = None
         for backend in backends:
-            name = backend.name + (" ingest-only" if ingest_only else "")
+            name = backend.name + ("" if variant == "service" else f" {variant}")
             print(f"bench: ingest {name} {label}", file=sys.stderr)
-            m = _run_service(backend, load, args, ingest_only)
+            m = _run_service(backend, load, args, variant)
             _warn_without_fast_paths(m)
             share = m.main.requests_per_s / bare_rps if bare_rps else None
             vs_sqlite = None

@@ -22,7 +22,12 @@ def _always_running(self: dispatcher.Dispatcher, now: float) -> bool:
     return True
 
 
-if __name__ == "__main__":
+def pause_dispatcher() -> None:
+    """Keep the dispatcher from starting, and ``/readyz`` from missing it."""
     dispatcher.Dispatcher.start = _paused_start  # type: ignore[method-assign]
     dispatcher.Dispatcher.running = _always_running  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    pause_dispatcher()
     raise SystemExit(main(sys.argv[1:]))

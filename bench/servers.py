@@ -1,4 +1,4 @@
-"""The processes under test: the real service, the bare endpoint and the minimal receiver.
+"""The processes under test: the service and its variants, the bare endpoint, the minimal receiver.
 
 All run as subprocesses of the bench's own Python (the venv's), so they use the same
 uvicorn, event loop and HTTP parser. The environment handed to the service is rebuilt
@@ -133,13 +133,22 @@ def start_service(env: Mapping[str, str], workdir: Path, name: str = "service") 
     return _start(name, argv, dict(env), port, workdir)
 
 
+# The service's variants: the module each runs as, instead of ``receiver``.
+VARIANTS = {
+    "service": "receiver",
+    "ingest-only": "bench.ingest_only",  # dispatcher paused
+    "checks-only": "bench.checks_only",  # dispatcher paused, nothing committed
+}
+
+
 @contextlib.contextmanager
 def service(
-    database_url: str, secret: str, workdir: Path, *, ingest_only: bool = False
+    database_url: str, secret: str, workdir: Path, *, variant: str = "service"
 ) -> Iterator[Server]:
     """The real service (``python -m receiver serve``), dry-run target, warnings only.
 
-    ``ingest_only`` runs it with the dispatcher paused (:mod:`bench.ingest_only`).
+    ``variant`` names one of :data:`VARIANTS`: the same command line and environment,
+    run by a bench module that changes one thing first.
     """
     port = free_port()
     env = _clean_env(
@@ -150,9 +159,8 @@ def service(
             "STAGESYNC_TARGET": "dry-run",
         }
     )
-    module = "bench.ingest_only" if ingest_only else "receiver"
-    argv = [sys.executable, "-m", module, "serve", "--host", HOST, "--port", str(port)]
-    server = _start("ingest-only" if ingest_only else "service", argv, env, port, workdir)
+    argv = [sys.executable, "-m", VARIANTS[variant], "serve", "--host", HOST, "--port", str(port)]
+    server = _start(variant, argv, env, port, workdir)
     try:
         yield server
     finally:
