@@ -44,6 +44,7 @@ from receiver.auth import (
 from receiver.context import AppContext
 from receiver.logging import get_logger
 from receiver.models import OPEN_STATES, STATES, EventFilter
+from receiver.numbers import parse_count
 from receiver.presenters import event_json, history_json
 from receiver.responses import error
 from receiver.status import build_status
@@ -141,8 +142,7 @@ def _link(request: Request, **params: Any) -> str:
 
 
 def _replayed(request: Request) -> int | None:
-    value = request.query_params.get("replayed", "")
-    return int(value) if value.isdigit() else None
+    return parse_count(request.query_params.get("replayed", ""))
 
 
 async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -183,19 +183,17 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
     )
 
 
-def _event_id(request: Request) -> int:
-    value = int(request.path_params["event_id"])
-    if value >= 2**63:
-        raise BadParam("the event id is too large")
-    return value
+def _no_event(request: Request) -> Response:
+    text = request.path_params["event_id"]
+    return _refuse(request, 404, "not_found", f"There is no event {text}.")
 
 
 async def view(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``GET /admin/view/{id}``: one event, its payload and its attempts."""
-    event_id = _event_id(request)
-    event = await ctx.store.get_event(event_id)
+    event_id = parse_count(request.path_params["event_id"])
+    event = await ctx.store.get_event(event_id) if event_id is not None else None
     if event is None:
-        return _refuse(request, 404, "not_found", f"There is no event {event_id}.")
+        return _no_event(request)
     return _render(
         "event.html",
         event=_row(event),
@@ -210,7 +208,9 @@ async def view(request: Request, ctx: AppContext, caller: Caller) -> Response:
 
 async def replay(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/view/{id}/replay``: replay one event, then show it."""
-    event_id = _event_id(request)
+    event_id = parse_count(request.path_params["event_id"])
+    if event_id is None:
+        return _no_event(request)
     status, message = await replay_one(ctx, caller, event_id, "page")
     if status == 404:
         return _refuse(request, 404, "not_found", message or "")
@@ -280,8 +280,8 @@ def page_routes() -> list[BaseRoute]:
         Route("/admin/login", login_form, methods=["GET"]),
         Route("/admin/login", login, methods=["POST"]),
         Route("/admin/logout", logout, methods=["POST"]),
-        Route("/admin/view/{event_id:int}", _page(view), methods=["GET"]),
-        Route("/admin/view/{event_id:int}/replay", _page(replay, post=True), methods=["POST"]),
+        Route("/admin/view/{event_id}", _page(view), methods=["GET"]),
+        Route("/admin/view/{event_id}/replay", _page(replay, post=True), methods=["POST"]),
         Route("/admin/replay-failed", _page(replay_failed, post=True), methods=["POST"]),
         Mount("/admin/static", StaticFiles(directory=static), name="admin-static"),
     ]

@@ -21,3 +21,8 @@ class JSON(Response):
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSON:
     """The error shape every endpoint answers with."""
     return JSON({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def sentence(text: str) -> str:
+    """``text`` as a sentence: first letter capitalised, the rest as written, a full stop."""
+    return f"{text[:1].upper()}{text[1:]}."

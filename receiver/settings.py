@@ -8,6 +8,7 @@ print them all and stop without a traceback.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,13 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from receiver.exceptions import ConfigError
 
@@ -121,8 +128,8 @@ class Settings(BaseSettings):
     @field_validator("salesforce_token_url")
     @classmethod
     def _token_url(cls, value: str) -> str:
-        checked = _check_url(value, ("http", "https"))
-        assert checked is not None
+        if _check_url(value, ("http", "https")) is None:
+            raise ValueError("must be an http/https URL, not empty")
         return value
 
     @field_validator("database_url")
@@ -199,6 +206,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"config file {path}: not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"config file {path}: not valid TOML ({exc})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"config file {path}: not UTF-8 text, as TOML must be"]) from None
+    except OSError as exc:
+        raise ConfigError([f"config file {path}: cannot be read ({exc.strerror})"]) from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         key = key.lower()
@@ -300,6 +311,11 @@ def load_settings(
         problems = _problems(exc)
         problems += [p for p in blank if p not in problems]
         raise ConfigError(problems + _overlap(lead, contact)) from None
+    except SettingsError as exc:
+        # pydantic-settings decodes complex values (the mapping) as JSON before validation.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = ENV_PREFIX + field.group(1).upper() if field else "a setting"
+        raise ConfigError([f"{name}: not valid JSON"]) from None
     finally:
         if saved is not None:
             os.environ.clear()

@@ -28,7 +28,8 @@ from receiver.context import AppContext
 from receiver.events import BadBatch, parse_body, to_new_events
 from receiver.exceptions import SignatureError
 from receiver.logging import get_logger, request_id
-from receiver.responses import error
+from receiver.numbers import parse_count
+from receiver.responses import error, sentence
 from receiver.signature import verify
 
 log = get_logger("receiver.webhook")
@@ -74,8 +75,9 @@ async def _read_limited(receive: Receive, declared: str | None, limit: int) -> A
     closes the connection instead (a kept-alive connection would make uvicorn read
     the rest, however long).
     """
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        if int(declared) > limit + DRAIN_BYTES:
+    size = parse_count(declared) if declared is not None else None
+    if size is not None and size > limit:
+        if size > limit + DRAIN_BYTES:
             return _TooLarge(drained=False)
         return await _drain(receive, 0)
     chunks = []
@@ -202,11 +204,11 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
         )
     except SignatureError as exc:
         log.warning("signature_rejected", reason=str(exc), request_id=request_id(scope))
-        return error(401, "invalid_signature", f"{exc}.")
+        return error(401, "invalid_signature", sentence(str(exc)))
     try:
         items = parse_body(body)
     except BadBatch as exc:
-        return error(400, "bad_request", f"{str(exc).capitalize()}.")
+        return error(400, "bad_request", sentence(str(exc)))
     events = to_new_events(items)
     try:
         result = await ctx.store.ingest(events, ctx.clock())

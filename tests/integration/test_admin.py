@@ -263,6 +263,13 @@ BAD_QUERIES = [
     ({"object_id": str(2**64)}, "'object_id'"),
     ({"cursor": "bm90LWEtY3Vyc29y"}, "'cursor'"),
     ({"cursor": "!!!"}, "'cursor'"),
+    # str.isdigit() takes '\u00b2' and int() refuses it, or more than 4,300 digits: were 500s.
+    ({"limit": "\u00b2"}, "'limit'"),
+    ({"limit": "9" * 5000}, "'limit'"),
+    ({"object_id": "\u00b2"}, "'object_id'"),
+    ({"object_id": "9" * 5000}, "'object_id'"),
+    ({"cursor": "ZTrCsg"}, "'cursor'"),  # base64 of "e:\u00b2"
+    ({"since": "0001-01-01T00:00:00+01:00"}, "'since'"),  # year 0 in UTC
 ]
 
 
@@ -273,6 +280,16 @@ async def test_bad_list_parameters_answer_400_naming_the_parameter(svc: Service)
         body = answer.json()
         assert body["error"] == "bad_request"
         assert words in body["message"], (query, body)
+
+
+async def test_event_ids_that_are_not_ids_answer_404_in_json(svc: Service) -> None:
+    for path in ("abc", "\u00b2", "9" * 30, "9" * 5000):
+        for answer in (
+            await svc.get(f"/admin/events/{path}"),
+            await svc.post(f"/admin/events/{path}/replay"),
+        ):
+            assert answer.status_code == 404, path[:40]
+            assert answer.json()["error"] == "not_found"
 
 
 async def test_one_event_has_its_raw_payload_and_the_history_of_its_attempts(
@@ -437,6 +454,9 @@ BAD_BODIES = [
     (b'{"since": 1700000000}', 400, "'since'"),
     (b'{"object_id": "x1"}', 400, "'object_id'"),
     (b'{"object_id": true}', 400, "'object_id'"),
+    ('{"object_id": "\u00b2"}'.encode(), 400, "'object_id'"),
+    # Valid in its own offset, before year 1 in UTC: refused before anything is replayed.
+    (b'{"since": "0001-01-01T00:00:00+01:00"}', 400, "'since'"),
     (b'{"state": "pending"}', 409, "already queued"),
     (b'{"state": "invalid"}', 409, "cannot be"),
     (b"{" + b" " * 70_000 + b"}", 400, "at most"),

@@ -232,6 +232,22 @@ async def test_login_and_form_posts_from_another_origin_are_refused(tmp_path: Pa
         await p.wait_state(2, "synced")
 
 
+async def test_cookies_and_parameters_with_non_ascii_digits_are_refused_not_a_500(
+    tmp_path: Path,
+) -> None:
+    async with page(tmp_path) as p:
+        # str.isdigit() is true for '\u00b2', which int() refuses: these were 500s.
+        for forged in (b"\xb2.x", b"9" * 5000 + b".x"):
+            cookie = {"Cookie": COOKIE_NAME.encode() + b"=" + forged}
+            answer = await p.http.get(f"{p.base}/admin/", headers={**HTML, **cookie})
+            assert login_redirect(answer)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await p.get("/admin/?replayed=%C2%B2", **bearer)).status_code == 200
+        for path in ("abc", "%C2%B2", "9" * 30):
+            assert (await p.get(f"/admin/view/{path}", **bearer)).status_code == 404
+            assert (await p.post(f"/admin/view/{path}/replay", **bearer)).status_code == 404
+
+
 async def test_a_bearer_header_opens_the_page_and_its_posts_without_a_cookie(
     tmp_path: Path,
 ) -> None:

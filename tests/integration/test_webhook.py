@@ -349,6 +349,13 @@ async def test_signed_body_that_is_not_an_array_of_objects_gets_400(
     assert await service.stored() == []
 
 
+async def test_error_messages_are_sentences_that_keep_their_acronyms(service: Service) -> None:
+    # str.capitalize() had lowered the rest: "The body is not valid json."
+    assert (await service.send(b"not json")).json()["message"] == "The body is not valid JSON."
+    nested = (await service.send(b"[1]")).json()["message"]
+    assert nested == "Every element of the array must be a JSON object."
+
+
 async def test_empty_array_is_accepted_with_zero_counts(service: Service) -> None:
     response = await service.send([])
     assert response.status_code == 200 and response.json() == counts(0)

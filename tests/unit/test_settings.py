@@ -274,6 +274,28 @@ def test_malformed_toml_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "not valid TOML" in lines[0]
 
 
+def test_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "stagesync.toml"
+    path.write_bytes(b"\xff\xfe")
+    assert problems(path, **BASE) == [f"config file {path}: not UTF-8 text, as TOML must be"]
+
+
+def test_config_path_that_is_a_directory_is_one_line(tmp_path: Path) -> None:
+    lines = problems(tmp_path, **BASE)
+    assert lines == [f"config file {tmp_path}: cannot be read (Is a directory)"]
+
+
+def test_mapping_variable_that_is_not_json_is_one_line_naming_it() -> None:
+    assert problems(**BASE, STAGESYNC_MAPPING="notjson") == ["STAGESYNC_MAPPING: not valid JSON"]
+
+
+def test_empty_salesforce_token_url_says_what_it_must_be(tmp_path: Path) -> None:
+    config = write(tmp_path, '[salesforce]\ntoken_url = ""\n')
+    assert problems(config, **BASE) == [
+        "STAGESYNC_SALESFORCE_TOKEN_URL: must be an http/https URL, not empty"
+    ]
+
+
 def test_problem_lines_never_contain_a_secret_value() -> None:
     lines = problems(
         **BASE,
