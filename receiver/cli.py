@@ -2,39 +2,38 @@
 
 Commands other than ``serve`` and ``send-sample`` work on the database directly, so
 they also work while the server is down; a running server picks up a replay within a
-second. They do not need the HubSpot client secret.
+second. They do not need the HubSpot client secret. Only ``serve`` creates a SQLite
+database: the others refuse a file that does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
+import os
 import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
+from receiver.admin import DEFAULT_LIMIT, MAX_LIMIT, BadParam, parse_time
+from receiver.cli_store import database_label, no_work, with_store
 from receiver.exceptions import ConfigError
 from receiver.models import STATES, EventFilter
+from receiver.numbers import MAX_INT64, parse_count
 from receiver.presenters import event_json, history_json, record_json
 from receiver.settings import ENV_PREFIX, Settings, load_settings
 from receiver.status import build_status, iso
-from receiver.store.base import EventStore
-from receiver.store.factory import make_store
+from receiver.store.base import EventStore, split_replayable
 
 DEMO_SECRET = "demo-client-secret-not-for-production"
 PLACEHOLDER_SECRET = "unused-by-database-commands"
 
 
 def _settings(args: argparse.Namespace, need_secret: bool = True) -> Settings:
-    import os
-
     environ = dict(os.environ)
     if not need_secret:
         environ.setdefault(ENV_PREFIX + "HUBSPOT_CLIENT_SECRET", PLACEHOLDER_SECRET)
@@ -42,56 +41,30 @@ def _settings(args: argparse.Namespace, need_secret: bool = True) -> Settings:
 
 
 def _when(value: str) -> float:
-    """Parse an ISO date or date-time (UTC when no offset is given) into unix seconds."""
+    """An ISO date or date-time (UTC when no offset is given) as unix seconds."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or date-time: {value!r}") from None
-    if parsed.tzinfo is None:
-        from datetime import UTC
-
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        return parse_time(value, value)
+    except BadParam as exc:  # "'<value>' must be ...": argparse names the option
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _database_label(database_url: str) -> str:
-    """The database URL without credentials, for messages."""
-    scheme, _, rest = database_url.partition("://")
-    # A password may sit before the "@" or in the query (?password=...): drop both.
-    return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
+def _whole_number(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_count(text, high)  # ASCII digits only: int() fails on '²'
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {low} to {high}, not {text!r}"
+            )
+        return value
+
+    return parse
 
 
-async def _with_store(settings: Settings, work: Callable[[EventStore], Awaitable[int]]) -> int:
-    from receiver.logging import configure_logging
-
-    # Store warnings go to stderr, never into --json output on stdout.
-    configure_logging("json", "warning", settings.secret_values(), stream=sys.stderr)
-    store = make_store(settings.database_url)
-    try:
-        await store.open()
-    except Exception as exc:  # any driver's error: one line, no traceback
-        with contextlib.suppress(Exception):
-            await store.close()
-        await _let_driver_threads_finish()
-        label = _database_label(settings.database_url)
-        print(f"error: cannot open the database {label}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        return await work(store)
-    finally:
-        await store.close()
-
-
-async def _let_driver_threads_finish(within_s: float = 1.0) -> None:
-    # After a failed connect, aiosqlite's worker thread answers its clean-up later; if
-    # the loop is closed by then it prints a traceback (omnilib/aiosqlite#389).
-    for thread in threading.enumerate():
-        if "_connection_worker_thread" in thread.name:
-            await asyncio.to_thread(thread.join, within_s)
-
-
-async def _no_work(store: EventStore) -> int:
-    return 0
+_event_id = _whole_number(1, MAX_INT64)
+_object_id = _whole_number(0, MAX_INT64)  # as the admin API's object_id filter
+_limit = _whole_number(1, MAX_LIMIT)
+# Port 0 would listen on a port chosen by the system that nothing reports.
+_port = _whole_number(1, 65535)
 
 
 def _print_json(doc: Any) -> None:
@@ -130,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # Open (and migrate) the database once first: a bad path or an unreachable server
     # is then one clear line instead of uvicorn's lifespan traceback.
-    if asyncio.run(_with_store(settings, _no_work)) != 0:
+    if asyncio.run(with_store(settings, no_work, create=True)) != 0:
         return 1
     configure_logging(settings.log_format, settings.log_level, settings.secret_values())
     if settings.hubspot_client_secret.get_secret_value() == DEMO_SECRET:
@@ -159,7 +132,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print("configuration OK")
     print(f"  target:          {settings.target}")
-    print(f"  database:        {_database_label(settings.database_url)}")
+    print(f"  database:        {database_label(settings.database_url)}")
     print(f"  lead stages:     {', '.join(settings.lead_stages)}")
     print(f"  contact stages:  {', '.join(settings.contact_stages)}")
     print(f"  hubspot fetch:   {'on' if settings.hubspot_token else 'off (webhook data only)'}")
@@ -183,13 +156,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {state:<9} {doc['counts'][state]:>10}")
         for reason, n in sorted(doc["skipped_by_reason"].items()):
             print(f"    skipped {reason or '(none)'}: {n}")
-        print(f"  oldest pending age: {doc['oldest_pending_age_s']} s")
-        print(f"  last sync:          {doc['last_sync_at']}")
+        age = doc["oldest_pending_age_s"]
+        # The same words as the admin page for an empty backlog and no sync yet.
+        print(f"  oldest pending age: {'none' if age is None else f'{age} s'}")
+        print(f"  last sync:          {doc['last_sync_at'] or 'never'}")
         print(f"  lead stages:        {', '.join(doc['lead_stages'])}")
         print(f"  contact stages:     {', '.join(doc['contact_stages'])}")
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def _filter(args: argparse.Namespace) -> EventFilter:
@@ -199,16 +174,22 @@ def _filter(args: argparse.Namespace) -> EventFilter:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    settings = _settings(args, need_secret=False)
     rest = args.rest or []
-    if rest and (rest[0] != "show" or len(rest) != 2 or not rest[1].isdigit()):
+    if rest and (rest[0] != "show" or len(rest) != 2):
         print("usage: stagesync events show ID", file=sys.stderr)
         return 2
+    if rest:
+        try:
+            event_id = _event_id(rest[1])
+        except argparse.ArgumentTypeError as exc:
+            print(f"usage: stagesync events show ID (the ID {exc})", file=sys.stderr)
+            return 2
+    settings = _settings(args, need_secret=False)
 
     async def show(store: EventStore) -> int:
-        event = await store.get_event(int(rest[1]))
+        event = await store.get_event(event_id)
         if event is None:
-            print(f"no event with id {rest[1]}", file=sys.stderr)
+            print(f"no event with id {event_id}", file=sys.stderr)
             return 1
         doc = event_json(event)
         doc["history"] = history_json(await store.history(event.id))
@@ -231,7 +212,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return asyncio.run(_with_store(settings, show if rest else listing))
+    return asyncio.run(with_store(settings, show if rest else listing))
 
 
 def cmd_records(args: argparse.Namespace) -> int:
@@ -248,12 +229,13 @@ def cmd_records(args: argparse.Namespace) -> int:
                 )
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    settings = _settings(args, need_secret=False)
-    if args.ids and (args.state or args.since or args.until or args.object_id is not None):
+    filtered = (args.state, args.object_id, args.since, args.until)
+    # "is not None": --since 1970-01-01 is 0.0, and must not be taken for no filter.
+    if args.ids and any(value is not None for value in filtered):
         print("give event ids or filters, not both", file=sys.stderr)
         return 2
     if not args.ids and not args.state:
@@ -262,12 +244,34 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.state in ("pending", "retrying", "invalid"):
         print("only synced, skipped and failed events can be replayed", file=sys.stderr)
         return 2
+    settings = _settings(args, need_secret=False)
+
+    ids = list(dict.fromkeys(args.ids))  # an id given twice is still one event
 
     async def by_ids(store: EventStore) -> int:
-        refusals = await store.replay(args.ids, time.time())
+        if args.dry_run:
+            return await preview(store)
+        refusals = await store.replay(ids, time.time())
         for refusal in refusals:
             print(f"event {refusal.event_id}: not replayed, {refusal.reason}", file=sys.stderr)
-        print(f"replayed {len(args.ids) - len(refusals)} event(s)")
+        print(f"replayed {len(ids) - len({r.event_id for r in refusals})} event(s)")
+        return 1 if refusals else 0
+
+    async def preview(store: EventStore) -> int:
+        # The store's own rule on what a replay refuses, applied to the current states;
+        # the exit status is the one the real replay would have.
+        states = {}
+        for event_id in ids:
+            event = await store.get_event(event_id)
+            if event is not None:
+                states[event_id] = event.state
+        refusals, ok = split_replayable(ids, states)
+        for refusal in refusals:
+            print(
+                f"event {refusal.event_id}: would not be replayed, {refusal.reason}",
+                file=sys.stderr,
+            )
+        print(f"{len(ok)} event(s) would be replayed")
         return 1 if refusals else 0
 
     async def by_filter(store: EventStore) -> int:
@@ -286,7 +290,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"replayed {count} event(s)")
         return 0
 
-    return asyncio.run(_with_store(settings, by_ids if args.ids else by_filter))
+    return asyncio.run(with_store(settings, by_ids if args.ids else by_filter))
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -300,7 +304,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         print(f"purged {await store.purge(flt)} event(s)")
         return 0
 
-    return asyncio.run(_with_store(settings, work))
+    return asyncio.run(with_store(settings, work))
 
 
 def cmd_send_sample(args: argparse.Namespace) -> int:
@@ -335,28 +339,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     def filters(p: Any) -> None:
         p.add_argument("--state", choices=STATES)
-        p.add_argument("--object-id", type=int)
+        p.add_argument("--object-id", type=_object_id, metavar="N")
         p.add_argument("--since", type=_when, help="ISO date or date-time, UTC by default")
         p.add_argument("--until", type=_when)
 
     p = command("serve", cmd_serve, "run the service")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="1 to 65535 (default 8000)")
     command("check-config", cmd_check_config, "validate the settings and print a summary")
     p = command("status", cmd_status, "counts per state, backlog age, last sync")
     p.add_argument("--json", action="store_true")
     p = command("events", cmd_events, "list events, or 'events show ID'")
     p.add_argument("rest", nargs="*", metavar="show ID")
     filters(p)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--limit",
+        type=_limit,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"newest N events, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = command("records", cmd_records, "what the dry-run target holds")
     p.add_argument("--kind", choices=("lead", "contact"))
     p.add_argument("--json", action="store_true")
     p = command("replay", cmd_replay, "send events back to pending")
-    p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("ids", nargs="*", type=_event_id, metavar="ID")
     filters(p)
-    p.add_argument("--dry-run", action="store_true", help="only count")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="replay nothing: count what would be replayed (with IDs, also name the"
+        " events that would be refused, and exit 1 if any would be)",
+    )
     p = command("purge", cmd_purge, "delete events, e.g. old failed ones")
     # Open events are acknowledged work still to do: they are never purged.
     p.add_argument("--state", choices=("synced", "skipped", "failed", "invalid"), required=True)
@@ -365,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("send-sample", cmd_send_sample, "send a signed sample batch to a server")
     p.add_argument("--url", default="http://127.0.0.1:8000/webhooks/hubspot")
     p.add_argument("--stage", default="lead")
-    p.add_argument("--object-id", type=int)
+    p.add_argument("--object-id", type=_object_id, metavar="N")
     p.add_argument("--secret", help="client secret to sign with (default: the configured one)")
     return parser
 

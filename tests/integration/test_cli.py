@@ -8,6 +8,7 @@ same database.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -20,7 +21,8 @@ import httpx
 import orjson
 import pytest
 
-from receiver.cli import DEMO_SECRET
+from receiver.cli import DEMO_SECRET, main
+from receiver.store.factory import make_store
 from tests.support.process import ServiceProcess, run_cli
 
 LEAD, CONTACT = 777, 778
@@ -190,10 +192,99 @@ def test_send_sample_to_a_closed_port_says_so_without_traceback(tmp_path: Path) 
     assert "could not reach" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_read_commands_work_on_a_new_database_without_a_server(tmp_path: Path) -> None:
+def new_database(home: Path) -> None:
+    """An empty, migrated ``home/stagesync.db``, as ``stagesync serve`` leaves it."""
+
+    async def create() -> None:
+        store = make_store(f"sqlite:///{home / 'stagesync.db'}")
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+
+
+def test_read_commands_work_on_an_empty_database_without_a_server(tmp_path: Path) -> None:
+    new_database(tmp_path)
     assert cli(tmp_path, "events", "--json") == ""
     assert cli(tmp_path, "records", "--json") == ""
     assert orjson.loads(cli(tmp_path, "status", "--json"))["counts"]["pending"] == 0
+
+
+def test_status_on_an_empty_database_says_none_and_never_instead_of_none(tmp_path: Path) -> None:
+    new_database(tmp_path)
+    lines = cli(tmp_path, "status").splitlines()
+    assert "  oldest pending age: none" in lines
+    assert "  last sync:          never" in lines
+    assert "None" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("events",),
+        ("events", "show", "1"),
+        ("status",),
+        ("records",),
+        ("replay", "1"),
+        ("replay", "1", "--dry-run"),
+        ("replay", "--state", "failed", "--dry-run"),
+        ("purge", "--state", "failed", "--before", "2020-01-01"),
+    ],
+)
+def test_database_commands_refuse_a_sqlite_file_that_does_not_exist_and_create_none(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    result = run_cli({}, *command, cwd=tmp_path)  # the default sqlite:///stagesync.db
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: cannot open the database sqlite:///stagesync.db: ")
+    assert f"{tmp_path / 'stagesync.db'} does not exist" in line
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+HUGE = "9" * 24
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("events", "--limit", HUGE), "--limit: must be a whole number from 1 to 500"),
+        (("events", "--limit", "-1"), "--limit: must be a whole number from 1 to 500"),
+        (("events", "--limit", "0"), "--limit: must be a whole number from 1 to 500"),
+        (("events", "--limit", "501"), "--limit: must be a whole number from 1 to 500"),
+        (
+            ("events", "--object-id", HUGE),
+            f"--object-id: must be a whole number from 0 to {2**63 - 1}",
+        ),
+        (("replay", HUGE), f"ID: must be a whole number from 1 to {2**63 - 1}"),
+        (("replay", "--state", "failed", "--object-id", HUGE, "--dry-run"), "--object-id: must"),
+        (("send-sample", "--object-id", HUGE), "--object-id: must be a whole number from 0"),
+        (("send-sample", "--object-id", "9" * 5000), "--object-id: must be a whole number"),
+        (("serve", "--port", "99999"), "--port: must be a whole number from 1 to 65535"),
+        (("serve", "--port", "0"), "--port: must be a whole number from 1 to 65535"),
+        (("events", "show", HUGE), f"the ID must be a whole number from 1 to {2**63 - 1}"),
+        (("events", "show", "\u00b2"), "the ID must be a whole number from 1"),
+        (("events", "show", "0"), "the ID must be a whole number from 1"),
+    ],
+)
+def test_numbers_out_of_range_or_not_ascii_digits_are_usage_errors_before_any_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: tuple[str, ...],
+    expected: str,
+) -> None:
+    # In-process, as only parsing runs: a subprocess each would make this slow.
+    monkeypatch.chdir(tmp_path)
+    try:
+        code: object = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", [("events",), ("status",), ("serve", "--port", "9")])

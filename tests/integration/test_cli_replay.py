@@ -176,3 +176,31 @@ async def test_a_cli_replay_of_an_event_in_flight_or_unknown_is_refused_with_exi
     assert run.out.strip() == "replayed 0 event(s)"
     await env.wait_state(1, "synced")
     assert len(await env.ctx.store.history(1)) == 1
+
+
+async def test_a_cli_replay_of_ids_with_dry_run_replays_nothing_and_says_what_it_would(
+    env: Env,
+) -> None:
+    [event_id] = await env.make_failed([601])
+    before = await env.ctx.store.get_event(event_id)
+
+    dry = await env.cli("replay", str(event_id), str(event_id), "99", "--dry-run")
+    assert dry.code == 1
+    assert dry.out.strip() == "1 event(s) would be replayed"
+    assert dry.err.strip() == "event 99: would not be replayed, no such event"
+
+    ok = await env.cli("replay", str(event_id), "--dry-run")
+    assert ok.code == 0, ok.err
+    assert ok.out.strip() == "1 event(s) would be replayed"
+    await asyncio.sleep(PICKUP_S)  # time for the server to take a replay, had there been one
+    assert await env.ctx.store.get_event(event_id) == before
+
+
+async def test_a_cli_replay_counts_an_id_given_twice_as_one_event(env: Env) -> None:
+    [event_id] = await env.make_failed([701])
+
+    run = await env.cli("replay", str(event_id), str(event_id), str(event_id))
+    assert run.code == 0, run.err
+    assert run.out.strip() == "replayed 1 event(s)"
+    await env.wait_state(event_id, "synced")
+    assert [h.outcome for h in await env.ctx.store.history(event_id)] == ["failed", "synced"]
