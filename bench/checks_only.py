@@ -24,7 +24,7 @@ from receiver.store.sqlite import SQLiteStore
 async def _answer_at_once(
     self: SQLiteStore, events: Sequence[NewEvent], now: float
 ) -> IngestResult:
-    """What a commit of new events would answer, without the commit."""
+    # What a commit of new events would answer, without the commit.
     invalid = sum(1 for event in events if event.invalid_error is not None)
     return IngestResult(len(events) - invalid, 0, invalid)
 

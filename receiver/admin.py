@@ -22,7 +22,7 @@ from receiver.auth import Caller, authenticate
 from receiver.context import AppContext
 from receiver.logging import get_logger
 from receiver.models import OPEN_STATES, STATES, EventFilter, StoredEvent
-from receiver.numbers import MAX_INT64, parse_count
+from receiver.numbers import MAX_INT64, parse_length, parse_uint
 from receiver.presenters import event_json, history_json
 from receiver.responses import JSON, error, sentence
 from receiver.status import iso
@@ -60,16 +60,18 @@ def parse_time(value: str, name: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
-        # An offset can carry a valid local time out of datetime's range in UTC, where
-        # the audit line and the answers would fail on it after the store had acted.
-        parsed = parsed.astimezone(UTC)
-    except OverflowError:
+        # An offset, or rounding to a float, can carry a valid local time out of
+        # datetime's range in UTC, where the audit line and the answers would fail on it
+        # after the store had acted: the value must survive the way back.
+        seconds = parsed.timestamp()
+        datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):
         raise BadParam(f"'{name}' is out of range once converted to UTC") from None
-    return parsed.timestamp()
+    return seconds
 
 
 def _parse_id(value: Any, name: str) -> int:
-    parsed = parse_count(value.strip()) if isinstance(value, str) else value
+    parsed = parse_uint(value.strip()) if isinstance(value, str) else value
     if type(parsed) is not int or not 0 <= parsed <= MAX_ID:  # bool is no id either
         raise BadParam(f"'{name}' must be an integer from 0 to {MAX_ID}")
     return parsed
@@ -98,7 +100,7 @@ def parse_limit(value: str | None) -> int:
     """``limit``: 1 to :data:`MAX_LIMIT`, :data:`DEFAULT_LIMIT` when absent."""
     if value is None or value == "":
         return DEFAULT_LIMIT
-    limit = parse_count(value, MAX_LIMIT)
+    limit = parse_uint(value, MAX_LIMIT)
     if not limit:
         raise BadParam(f"'limit' must be an integer from 1 to {MAX_LIMIT}")
     return limit
@@ -118,7 +120,7 @@ def decode_cursor(cursor: str | None) -> int | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     kind, _, number = text.partition(":")
-    last_id = parse_count(number, MAX_ID) if kind == "e" else None
+    last_id = parse_uint(number, MAX_ID) if kind == "e" else None
     if last_id is None:
         raise BadParam("'cursor' is not one this service gave out; start again without it")
     return last_id
@@ -186,8 +188,14 @@ def _api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def _event_id(request: Request) -> int | None:
-    return parse_count(request.path_params["event_id"], MAX_ID)
+def path_event_id(request: Request) -> int | None:
+    """The ``{event_id}`` of the path, or None when it cannot be an event's id."""
+    return parse_uint(request.path_params["event_id"], MAX_ID)
+
+
+def no_event_message(event_id: int | None) -> str:
+    """The 404 sentence; the path's text is not echoed when it is no id at all."""
+    return "There is no such event." if event_id is None else f"There is no event {event_id}."
 
 
 async def list_events(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -202,10 +210,10 @@ async def list_events(request: Request, ctx: AppContext, caller: Caller) -> Resp
 
 async def show_event(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``GET /admin/events/{id}``: the whole event with its history."""
-    event_id = _event_id(request)
+    event_id = path_event_id(request)
     event = await ctx.store.get_event(event_id) if event_id is not None else None
     if event is None:
-        return error(404, "not_found", f"There is no event {request.path_params['event_id']}.")
+        return error(404, "not_found", no_event_message(event_id))
     doc = event_json(event)
     doc["history"] = history_json(await ctx.store.history(event.id))
     return JSON(doc)
@@ -217,7 +225,7 @@ async def replay_one(
     """Replay one event: ``(status, reason)``: 202, 404 (unknown) or 409 (refused)."""
     event = await ctx.store.get_event(event_id)
     if event is None:
-        return 404, f"There is no event {event_id}."
+        return 404, no_event_message(event_id)
     refusals = await ctx.store.replay([event_id], ctx.clock())
     if not refusals:
         audit(caller, "event", 1, event_id=event_id, via=via, previous_state=event.state)
@@ -225,7 +233,7 @@ async def replay_one(
     reason = refusals[0].reason
     audit(caller, "event", 0, event_id=event_id, via=via, refused=reason)
     if reason == "no such event":  # deleted between the read and the replay
-        return 404, f"There is no event {event_id}."
+        return 404, no_event_message(event_id)
     return 409, refusal_message(event_id, event.state, reason)
 
 
@@ -243,9 +251,9 @@ def refusal_message(event_id: int, state: str, reason: str) -> str:
 
 async def replay_event(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/events/{id}/replay``: back to ``pending``; 202, 404 or 409."""
-    event_id = _event_id(request)
+    event_id = path_event_id(request)
     if event_id is None:
-        return error(404, "not_found", f"There is no event {request.path_params['event_id']}.")
+        return error(404, "not_found", no_event_message(None))
     status, message = await replay_one(ctx, caller, event_id, "api")
     if status == 404:
         return error(404, "not_found", message or "")
@@ -258,7 +266,7 @@ async def replay_event(request: Request, ctx: AppContext, caller: Caller) -> Res
 
 async def _json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared is not None and (parse_count(declared) or 0) > MAX_BODY:
+    if declared is not None and (parse_length(declared) or 0) > MAX_BODY:
         raise BadParam(f"the body must be at most {MAX_BODY} bytes")
     body = b""
     async for chunk in request.stream():

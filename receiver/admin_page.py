@@ -25,9 +25,11 @@ from receiver.admin import (
     audit,
     ctx_of,
     filter_json,
+    no_event_message,
     page_of,
     parse_filter,
     parse_limit,
+    path_event_id,
     replay_one,
 )
 from receiver.auth import (
@@ -44,7 +46,7 @@ from receiver.auth import (
 from receiver.context import AppContext
 from receiver.logging import get_logger
 from receiver.models import OPEN_STATES, STATES, EventFilter
-from receiver.numbers import parse_count
+from receiver.numbers import parse_uint
 from receiver.presenters import event_json, history_json
 from receiver.responses import error
 from receiver.status import build_status
@@ -142,7 +144,7 @@ def _link(request: Request, **params: Any) -> str:
 
 
 def _replayed(request: Request) -> int | None:
-    return parse_count(request.query_params.get("replayed", ""))
+    return parse_uint(request.query_params.get("replayed", ""))
 
 
 async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -183,17 +185,12 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
     )
 
 
-def _no_event(request: Request) -> Response:
-    text = request.path_params["event_id"]
-    return _refuse(request, 404, "not_found", f"There is no event {text}.")
-
-
 async def view(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``GET /admin/view/{id}``: one event, its payload and its attempts."""
-    event_id = parse_count(request.path_params["event_id"])
+    event_id = path_event_id(request)
     event = await ctx.store.get_event(event_id) if event_id is not None else None
     if event is None:
-        return _no_event(request)
+        return _refuse(request, 404, "not_found", no_event_message(event_id))
     return _render(
         "event.html",
         event=_row(event),
@@ -208,9 +205,9 @@ async def view(request: Request, ctx: AppContext, caller: Caller) -> Response:
 
 async def replay(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/view/{id}/replay``: replay one event, then show it."""
-    event_id = parse_count(request.path_params["event_id"])
+    event_id = path_event_id(request)
     if event_id is None:
-        return _no_event(request)
+        return _refuse(request, 404, "not_found", no_event_message(None))
     status, message = await replay_one(ctx, caller, event_id, "page")
     if status == 404:
         return _refuse(request, 404, "not_found", message or "")

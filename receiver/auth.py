@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from receiver.numbers import parse_count
+from receiver.numbers import parse_uint
 from receiver.responses import error
 from receiver.settings import Settings
 
@@ -81,7 +81,7 @@ def issue_session(token: str, now: float) -> str:
 def session_valid(token: str, value: str, now: float) -> bool:
     """True when ``value`` was issued for ``token`` and has not expired."""
     stamp, _, mac = value.partition(".")
-    expires = parse_count(stamp)
+    expires = parse_uint(stamp)
     if expires is None or not mac:
         return False
     good = hmac.compare_digest(_session_mac(token, expires).encode(), mac.encode())

@@ -23,7 +23,7 @@ from receiver.admin import DEFAULT_LIMIT, MAX_LIMIT, BadParam, parse_time
 from receiver.cli_store import database_label, no_work, with_store
 from receiver.exceptions import ConfigError
 from receiver.models import STATES, EventFilter
-from receiver.numbers import MAX_INT64, parse_count
+from receiver.numbers import MAX_INT64, parse_uint
 from receiver.presenters import event_json, history_json, record_json
 from receiver.settings import ENV_PREFIX, Settings, load_settings
 from receiver.status import build_status, iso
@@ -50,7 +50,7 @@ def _when(value: str) -> float:
 
 def _whole_number(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        value = parse_count(text, high)  # ASCII digits only: int() fails on '²'
+        value = parse_uint(text, high)  # ASCII digits only: int() fails on '²'
         if value is None or value < low:
             raise argparse.ArgumentTypeError(
                 f"must be a whole number from {low} to {high}, not {text!r}"

@@ -33,9 +33,15 @@ def _missing_sqlite_file(database_url: str) -> str | None:
     if not database_url.startswith("sqlite:///"):
         return None
     path = sqlite_path(database_url)
-    if path == ":memory:" or os.path.exists(path):
+    if path == ":memory:":
         return None
-    return os.path.abspath(path)  # shows where a relative default pointed
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return os.path.abspath(path)  # shows where a relative default pointed
+    except OSError:
+        pass  # e.g. no permission: opening it will say so in SQLite's words
+    return None
 
 
 async def with_store(

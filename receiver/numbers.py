@@ -11,7 +11,7 @@ MAX_INT64 = 2**63 - 1  # SQLite's INTEGER and PostgreSQL's bigint
 _MAX_INT64_DIGITS = len(str(MAX_INT64))
 
 
-def parse_count(text: str, maximum: int = MAX_INT64) -> int | None:
+def parse_uint(text: str, maximum: int = MAX_INT64) -> int | None:
     """``text`` as an integer from 0 to ``maximum``: ASCII digits only, else None."""
     if not (text.isascii() and text.isdigit()):
         return None
@@ -21,3 +21,15 @@ def parse_count(text: str, maximum: int = MAX_INT64) -> int | None:
         return None
     value = int(digits)
     return value if value <= maximum else None
+
+
+def parse_length(text: str) -> int | None:
+    """A declared body size: None unless ASCII digits; past 2^63 - 1 it is ``MAX_INT64``.
+
+    A size too large to read is still a size: it must be refused as too large, not
+    taken for a missing header and read.
+    """
+    size = parse_uint(text)
+    if size is None and text.isascii() and text.isdigit():
+        return MAX_INT64
+    return size

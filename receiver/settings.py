@@ -7,8 +7,8 @@ print them all and stop without a traceback.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,13 +16,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from receiver.exceptions import ConfigError
 
@@ -94,7 +88,9 @@ class Settings(BaseSettings):
     salesforce_external_id_field: str = "HubSpot_Contact_ID__c"
     salesforce_max_concurrency: int = Field(10, ge=1)
 
-    mapping: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Decoded here rather than by pydantic-settings, whose JSON error would stop
+    # validation and hide every other problem.
+    mapping: Annotated[dict[str, dict[str, str]], NoDecode] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -148,6 +144,16 @@ class Settings(BaseSettings):
     def _secret_not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _mapping_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from STAGESYNC_MAPPING; the TOML file gives tables
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("STAGESYNC_MAPPING must be a JSON object") from None
         return value
 
     @field_validator("mapping")
@@ -311,11 +317,6 @@ def load_settings(
         problems = _problems(exc)
         problems += [p for p in blank if p not in problems]
         raise ConfigError(problems + _overlap(lead, contact)) from None
-    except SettingsError as exc:
-        # pydantic-settings decodes complex values (the mapping) as JSON before validation.
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = ENV_PREFIX + field.group(1).upper() if field else "a setting"
-        raise ConfigError([f"{name}: not valid JSON"]) from None
     finally:
         if saved is not None:
             os.environ.clear()

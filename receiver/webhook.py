@@ -28,7 +28,7 @@ from receiver.context import AppContext
 from receiver.events import BadBatch, parse_body, to_new_events
 from receiver.exceptions import SignatureError
 from receiver.logging import get_logger, request_id
-from receiver.numbers import parse_count
+from receiver.numbers import parse_length
 from receiver.responses import error, sentence
 from receiver.signature import verify
 
@@ -75,7 +75,7 @@ async def _read_limited(receive: Receive, declared: str | None, limit: int) -> A
     closes the connection instead (a kept-alive connection would make uvicorn read
     the rest, however long).
     """
-    size = parse_count(declared) if declared is not None else None
+    size = parse_length(declared) if declared is not None else None
     if size is not None and size > limit:
         if size > limit + DRAIN_BYTES:
             return _TooLarge(drained=False)

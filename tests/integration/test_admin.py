@@ -270,6 +270,7 @@ BAD_QUERIES = [
     ({"object_id": "9" * 5000}, "'object_id'"),
     ({"cursor": "ZTrCsg"}, "'cursor'"),  # base64 of "e:\u00b2"
     ({"since": "0001-01-01T00:00:00+01:00"}, "'since'"),  # year 0 in UTC
+    ({"until": "9999-12-31T23:59:59.999999Z"}, "'until'"),  # year 10000 once a float
 ]
 
 
@@ -457,6 +458,7 @@ BAD_BODIES = [
     ('{"object_id": "\u00b2"}'.encode(), 400, "'object_id'"),
     # Valid in its own offset, before year 1 in UTC: refused before anything is replayed.
     (b'{"since": "0001-01-01T00:00:00+01:00"}', 400, "'since'"),
+    (b'{"until": "9999-12-31T23:59:59.999999Z"}', 400, "'until'"),
     (b'{"state": "pending"}', 409, "already queued"),
     (b'{"state": "invalid"}', 409, "cannot be"),
     (b"{" + b" " * 70_000 + b"}", 400, "at most"),

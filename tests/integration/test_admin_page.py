@@ -243,6 +243,8 @@ async def test_cookies_and_parameters_with_non_ascii_digits_are_refused_not_a_50
             assert login_redirect(answer)
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert (await p.get("/admin/?replayed=%C2%B2", **bearer)).status_code == 200
+        far = await p.get("/admin/?since=9999-12-31T23:59:59.999999Z", **bearer)
+        assert far.status_code == 400
         for path in ("abc", "%C2%B2", "9" * 30):
             assert (await p.get(f"/admin/view/{path}", **bearer)).status_code == 404
             assert (await p.post(f"/admin/view/{path}/replay", **bearer)).status_code == 404

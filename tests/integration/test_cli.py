@@ -243,6 +243,19 @@ def test_database_commands_refuse_a_sqlite_file_that_does_not_exist_and_create_n
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_database_path_that_cannot_be_checked_is_left_to_sqlite_to_refuse(
+    tmp_path: Path,
+) -> None:
+    # Only a file that is surely absent is "missing": here the parent is a file.
+    (tmp_path / "afile").write_text("")
+    url = f"sqlite:///{tmp_path}/afile/stagesync.db"
+    result = run_cli({"STAGESYNC_DATABASE_URL": url}, "status", cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot open the database {url}: ")
+    assert "does not exist" not in line
+
+
 HUGE = "9" * 24
 
 

@@ -349,6 +349,24 @@ async def test_signed_body_that_is_not_an_array_of_objects_gets_400(
     assert await service.stored() == []
 
 
+async def test_a_declared_size_past_int64_is_refused_at_once_not_awaited(
+    service: Service,
+) -> None:
+    port = int(service.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /webhooks/hubspot HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 9999999999999999999\r\n\r\n[]"
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert status_line.startswith(b"HTTP/1.1 413")
+
+
 async def test_error_messages_are_sentences_that_keep_their_acronyms(service: Service) -> None:
     # str.capitalize() had lowered the rest: "The body is not valid json."
     assert (await service.send(b"not json")).json()["message"] == "The body is not valid JSON."

@@ -285,8 +285,11 @@ def test_config_path_that_is_a_directory_is_one_line(tmp_path: Path) -> None:
     assert lines == [f"config file {tmp_path}: cannot be read (Is a directory)"]
 
 
-def test_mapping_variable_that_is_not_json_is_one_line_naming_it() -> None:
-    assert problems(**BASE, STAGESYNC_MAPPING="notjson") == ["STAGESYNC_MAPPING: not valid JSON"]
+def test_mapping_variable_that_is_not_json_is_one_line_beside_the_other_problems() -> None:
+    lines = problems(STAGESYNC_MAPPING="notjson", STAGESYNC_MAX_ATTEMPTS="x")
+    assert "[mapping]: STAGESYNC_MAPPING must be a JSON object" in lines
+    assert any(line.startswith("STAGESYNC_MAX_ATTEMPTS:") for line in lines)
+    assert "STAGESYNC_HUBSPOT_CLIENT_SECRET: required but not set" in lines
 
 
 def test_empty_salesforce_token_url_says_what_it_must_be(tmp_path: Path) -> None:
