@@ -29,6 +29,7 @@ from receiver.responses import error
 from receiver.retry import RetryPolicy
 from receiver.rules import RoutingConfig
 from receiver.settings import Settings
+from receiver.store.base import EventStore
 from receiver.store.factory import make_store
 from receiver.targets.factory import make_target
 from receiver.webhook import INTERNAL_ERROR, WEBHOOK_PATH
@@ -83,6 +84,59 @@ def _routes() -> list[BaseRoute]:
     ]
 
 
+def _build_context(
+    settings: Settings,
+    store: EventStore,
+    client: httpx.AsyncClient,
+    metrics: Metrics,
+    clock: Callable[[], float],
+) -> AppContext:
+    """The clients, the target and the dispatcher around an open store."""
+    hubspot = None
+    token = settings.hubspot_token
+    if token:
+        hubspot = HubSpotClient(
+            http=client,
+            base_url=settings.hubspot_api_url,
+            token=token,
+            pacer=RequestPacer(settings.hubspot_rate_limit, 10.0),
+            on_call=metrics.hubspot_call,
+        )
+    target = make_target(settings, store=store, http=client, metrics=metrics)
+    mappings = {
+        kind: merge_mapping(target.default_mapping(kind), settings.mapping.get(kind, {}))
+        for kind in ("lead", "contact")
+    }
+    dispatcher = Dispatcher(
+        store=store,
+        target=target,
+        hubspot=hubspot,
+        routing=RoutingConfig(
+            frozenset(settings.lead_stages),
+            frozenset(settings.contact_stages),
+            settings.on_delete,
+            frozenset(hubspot_properties(*mappings.values())),
+        ),
+        retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.max_attempts),
+        mappings=mappings,
+        metrics=metrics,
+        lease_s=settings.lease_s,
+        concurrency=settings.dispatch_concurrency,
+        clock=clock,
+    )
+    return AppContext(
+        settings=settings,
+        store=store,
+        target=target,
+        dispatcher=dispatcher,
+        metrics=metrics,
+        clock=clock,
+        started_at=clock(),
+        secret=settings.hubspot_client_secret.get_secret_value(),
+        max_body=settings.max_body_bytes,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -103,50 +157,16 @@ def create_app(
         store = make_store(settings.database_url)
         await store.open()
         client = http or httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT)
-        hubspot = None
-        token = settings.hubspot_token
-        if token:
-            hubspot = HubSpotClient(
-                http=client,
-                base_url=settings.hubspot_api_url,
-                token=token,
-                pacer=RequestPacer(settings.hubspot_rate_limit, 10.0),
-                on_call=metrics.hubspot_call,
-            )
-        target = make_target(settings, store=store, http=client, metrics=metrics)
-        mappings = {
-            kind: merge_mapping(target.default_mapping(kind), settings.mapping.get(kind, {}))
-            for kind in ("lead", "contact")
-        }
-        dispatcher = Dispatcher(
-            store=store,
-            target=target,
-            hubspot=hubspot,
-            routing=RoutingConfig(
-                frozenset(settings.lead_stages),
-                frozenset(settings.contact_stages),
-                settings.on_delete,
-                frozenset(hubspot_properties(*mappings.values())),
-            ),
-            retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.max_attempts),
-            mappings=mappings,
-            metrics=metrics,
-            lease_s=settings.lease_s,
-            concurrency=settings.dispatch_concurrency,
-            clock=clock,
-        )
-        ctx = AppContext(
-            settings=settings,
-            store=store,
-            target=target,
-            dispatcher=dispatcher,
-            metrics=metrics,
-            clock=clock,
-            started_at=clock(),
-            secret=settings.hubspot_client_secret.get_secret_value(),
-            max_body=settings.max_body_bytes,
-        )
+        try:
+            ctx = _build_context(settings, store, client, metrics, clock)
+        except BaseException:
+            # The store's threads would keep the process alive after the failed start.
+            if http is None:
+                await client.aclose()
+            await store.close()
+            raise
         app.state.ctx = ctx
+        dispatcher, target = ctx.dispatcher, ctx.target
         store.add_commit_listener(dispatcher.wake)
         dispatcher.start()
         background = _start_background(ctx)
@@ -154,7 +174,7 @@ def create_app(
             "service_started",
             target=target.name,
             database=store.name,
-            hubspot_fetch=hubspot is not None,
+            hubspot_fetch=dispatcher.hubspot is not None,
         )
         try:
             yield

@@ -47,6 +47,19 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     return value.rstrip("/") if parts.path in ("", "/") else value
 
 
+SECRET_FIELDS = (
+    "hubspot_client_secret",
+    "hubspot_access_token",
+    "admin_token",
+    "salesforce_access_token",
+    "salesforce_client_secret",
+    "salesforce_refresh_token",
+)
+# Sent (or compared) as an HTTP header value: a space or a control character would make
+# the HTTP client fail at the first call instead of at start-up.
+HEADER_SECRET_FIELDS = ("hubspot_access_token", "admin_token", "salesforce_access_token")
+
+
 class Settings(BaseSettings):
     """Every setting of stagesync; see the README's configuration table."""
 
@@ -72,7 +85,10 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(5.0, gt=0)
     retry_max_s: float = Field(3600.0, gt=0)
     retention_days: int = Field(30, ge=0, description="0 keeps everything")
-    ready_max_pending_age_s: float = Field(900.0, ge=0, description="0 disables the check")
+    # Off by default: the SPEC's /readyz checks the database and the dispatcher only, and
+    # a backlog check would take every instance out of a load balancer during a CRM
+    # outage or a long drain, while ingest still works.
+    ready_max_pending_age_s: float = Field(0.0, ge=0, description="0 disables the check")
     dispatch_concurrency: int = Field(4, ge=1, description="target calls in flight")
     lease_s: float = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -138,6 +154,21 @@ class Settings(BaseSettings):
         ):
             return value  # an empty host (postgresql:///db) means the local Unix socket
         raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DB")
+
+    @field_validator(*SECRET_FIELDS, mode="before")
+    @classmethod
+    def _strip_secret(cls, value: Any) -> Any:
+        # A secret mounted from a file usually ends with a newline.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator(*HEADER_SECRET_FIELDS)
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        if text and not (text.isascii() and text.isprintable() and " " not in text):
+            # Never the value itself: this line is printed.
+            raise ValueError("must be printable ASCII without spaces (it is sent as a header)")
+        return value
 
     @field_validator("hubspot_client_secret")
     @classmethod

@@ -196,7 +196,7 @@ async def service(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Any, 
 
 
 async def test_readyz_is_200_with_every_check_ok_while_the_service_works(tmp_path: Path) -> None:
-    async with service(tmp_path) as (_, base, (http, _clock)):
+    async with service(tmp_path, ready_max_pending_age_s=900) as (_, base, (http, _clock)):
         answer = await http.get(f"{base}/readyz")
         assert answer.status_code == 200
         assert answer.json() == {
@@ -285,6 +285,15 @@ async def test_readyz_is_503_when_the_oldest_pending_event_is_older_than_the_thr
 
         await wait_for(ready)
         del target.upsert_batch
+
+
+async def test_readyz_checks_only_the_database_and_the_dispatcher_by_default(
+    tmp_path: Path,
+) -> None:
+    async with service(tmp_path) as (_, base, (http, _clock)):
+        answer = await http.get(f"{base}/readyz")
+        checks = {"database": "ok", "dispatcher": "ok"}
+        assert answer.json() == {"status": "ready", "checks": checks}
 
 
 async def test_readyz_ignores_an_old_backlog_when_the_threshold_is_0(tmp_path: Path) -> None:

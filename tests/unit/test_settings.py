@@ -299,6 +299,29 @@ def test_empty_salesforce_token_url_says_what_it_must_be(tmp_path: Path) -> None
     ]
 
 
+def test_secrets_lose_the_newline_of_a_mounted_file() -> None:
+    settings = load_settings(
+        None,
+        {
+            "STAGESYNC_HUBSPOT_CLIENT_SECRET": f" {SECRET}\n",
+            "STAGESYNC_HUBSPOT_ACCESS_TOKEN": "pat-na1-abc\n",
+        },
+    )
+    assert settings.hubspot_client_secret.get_secret_value() == SECRET
+    assert settings.hubspot_token == "pat-na1-abc"
+
+
+@pytest.mark.parametrize("token", ["pat na1", "pat\tna1", "pat-\u00e9", "pat\nna1"])
+def test_a_token_that_cannot_be_a_header_value_is_refused_without_echoing_it(token: str) -> None:
+    lines = problems(**BASE, STAGESYNC_HUBSPOT_ACCESS_TOKEN=token, STAGESYNC_ADMIN_TOKEN=token)
+    assert lines == [
+        "STAGESYNC_HUBSPOT_ACCESS_TOKEN: must be printable ASCII without spaces"
+        " (it is sent as a header)",
+        "STAGESYNC_ADMIN_TOKEN: must be printable ASCII without spaces (it is sent as a header)",
+    ]
+    assert not any(token in line for line in lines)
+
+
 def test_problem_lines_never_contain_a_secret_value() -> None:
     lines = problems(
         **BASE,

@@ -1,0 +1,34 @@
+"""The app's lifespan: a start that fails part-way leaves nothing running behind it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from receiver import app as app_module
+from receiver.app import create_app
+from tests.conftest import build_settings
+
+
+def _store_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("sqlite-")}
+
+
+async def test_a_failed_start_closes_the_store_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its worker threads are not daemons: left open, they kept the process from exiting
+    # after uvicorn's "Application startup failed".
+    before = _store_threads()
+
+    def broken_target(*args: object, **kwargs: object) -> None:
+        raise ValueError("the target cannot be built")
+
+    monkeypatch.setattr(app_module, "make_target", broken_target)
+    app = create_app(build_settings(tmp_path))
+    with pytest.raises(ValueError, match="cannot be built"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert _store_threads() == before
