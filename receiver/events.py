@@ -21,6 +21,7 @@ per-commit write volume small as the table grows.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Annotated, Any
 
 import orjson
@@ -36,6 +37,9 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 KEY_LENGTH = 24  # 8 bytes of occurredAt, 16 of hash
 _INVALID_PREFIX = bytes(8)
+# An event nested too deeply to write back out is stored as this, and invalid.
+TOO_DEEP = "nested too deeply to store"
+TOO_DEEP_RAW = orjson.dumps({"stagesync": TOO_DEEP})
 
 Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
 
@@ -160,7 +164,7 @@ def _fast_fields(item: dict[str, Any]) -> tuple[Any, ...] | None:
     )
 
 
-def _invalid(raw: bytes, exc: ValidationError) -> NewEvent:
+def _invalid(raw: bytes, error: str) -> NewEvent:
     return NewEvent(
         dedup_key=_INVALID_PREFIX + hashlib.blake2b(b"invalid:" + raw, digest_size=16).digest(),
         raw=raw,
@@ -168,8 +172,18 @@ def _invalid(raw: bytes, exc: ValidationError) -> NewEvent:
         subscription_type=None,
         occurred_at=None,
         stage=None,
-        invalid_error=_short_error(exc),
+        invalid_error=error,
     )
+
+
+def _deep_raw(item: dict[str, Any]) -> bytes | None:
+    """An event orjson cannot write, as stored; None when nothing can write it."""
+    # orjson reads 1,024 levels but writes 254; the standard library writes on up to
+    # Python's recursion limit. One such event must not cost its batch a 500.
+    try:
+        return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+    except RecursionError:
+        return None
 
 
 def to_new_events(items: list[dict[str, Any]]) -> list[NewEvent]:
@@ -177,13 +191,20 @@ def to_new_events(items: list[dict[str, Any]]) -> list[NewEvent]:
     out = []
     dumps = orjson.dumps
     for item in items:
-        raw = dumps(item)
+        try:
+            raw = dumps(item)
+        except orjson.JSONEncodeError:
+            deep = _deep_raw(item)
+            if deep is None:
+                out.append(_invalid(TOO_DEEP_RAW, TOO_DEEP))
+                continue
+            raw = deep
         fields = _fast_fields(item)
         if fields is None:
             try:
                 event = _validate(item)
             except ValidationError as exc:
-                out.append(_invalid(raw, exc))
+                out.append(_invalid(raw, _short_error(exc)))
                 continue
             fields = (
                 event.object_id,

@@ -58,6 +58,10 @@ class StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes standard-library records (uvicorn's) in the same format as stagesync's own."""
 
 
+# Libraries whose info and debug lines repeat what our own events say.
+QUIET_LIBRARIES = ("httpx", "httpcore", "aiosqlite", "asyncpg")
+
+
 def configure_logging(
     fmt: str = "auto", level: str = "info", secrets: Iterable[str] = (), stream: Any = None
 ) -> None:
@@ -106,6 +110,10 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    for name in QUIET_LIBRARIES:
+        # Their free-text lines (one per HTTP call, one per SQL statement) would bury
+        # our own events, which say the same with the event and contact ids bound.
+        logging.getLogger(name).setLevel(max(numeric_level, logging.WARNING))
 
 
 def get_logger(name: str) -> Any:

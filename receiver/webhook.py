@@ -210,6 +210,10 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
     except BadBatch as exc:
         return error(400, "bad_request", sentence(str(exc)))
     events = to_new_events(items)
+    m = ctx.metrics
+    # Counted before the commit: "received" is every event of a signed, parsed request,
+    # including those of a request the store then refuses.
+    m.received.inc(len(events))
     try:
         result = await ctx.store.ingest(events, ctx.clock())
     except Exception:
@@ -217,8 +221,6 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
         return error(
             503, "storage_unavailable", "The events could not be stored; HubSpot will retry."
         )
-    m = ctx.metrics
-    m.received.inc(len(events))
     # Each inc takes a lock; most answers have no duplicates and no invalid events.
     if result.accepted:
         m.accepted.inc(result.accepted)

@@ -367,6 +367,42 @@ async def test_a_declared_size_past_int64_is_refused_at_once_not_awaited(
     assert status_line.startswith(b"HTTP/1.1 413")
 
 
+async def test_an_event_nested_deeper_than_orjson_writes_does_not_cost_its_batch(
+    service: Service,
+) -> None:
+    # orjson reads 1,024 levels but writes only 254: re-serialising such an event was a
+    # 500, and HubSpot's retries of the batch failed the same way, its good events too.
+    def with_extra(ev: dict[str, Any], depth: int) -> bytes:
+        return orjson.dumps(ev)[:-1] + b',"extra":' + b"[" * depth + b"]" * depth + b"}"
+
+    body = b"[" + orjson.dumps(event(1, "lead")) + b"," + with_extra(event(2, "lead"), 300) + b"]"
+    response = await service.send(body)
+    assert response.status_code == 200 and response.json() == counts(2)
+    stored = {e.object_id: e for e in await service.stored()}
+    assert stored[2].raw["extra"] == orjson.loads(b"[" * 300 + b"]" * 300)
+
+    # Past what even the standard library writes: stored as invalid, the rest accepted.
+    body = b"[" + orjson.dumps(event(3, "lead")) + b"," + with_extra(event(4, "lead"), 1_020) + b"]"
+    response = await service.send(body)
+    assert response.status_code == 200 and response.json() == counts(1, invalid=1)
+
+
+async def test_a_batch_the_store_refuses_gets_503_and_still_counts_as_received(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(events: Any, now: float) -> Any:
+        raise OSError("disk full")
+
+    def received() -> float | None:
+        return service.ctx.metrics.registry.get_sample_value("stagesync_events_received_total")
+
+    monkeypatch.setattr(service.ctx.store, "ingest", refuse)
+    before = received() or 0.0
+    response = await service.send([event(1, "lead"), event(2, "lead")])
+    assert_error(response, 503, "storage_unavailable")
+    assert received() == before + 2
+
+
 async def test_error_messages_are_sentences_that_keep_their_acronyms(service: Service) -> None:
     # str.capitalize() had lowered the rest: "The body is not valid json."
     assert (await service.send(b"not json")).json()["message"] == "The body is not valid JSON."

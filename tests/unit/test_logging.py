@@ -22,6 +22,7 @@ from starlette.routing import Route
 from receiver import webhook
 from receiver.app import create_app
 from receiver.logging import (
+    QUIET_LIBRARIES,
     REDACTED,
     RequestIdMiddleware,
     StdlibHandler,
@@ -53,6 +54,8 @@ def _restore_logging() -> Iterator[None]:
     for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
         root.removeHandler(handler)
     root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -114,6 +117,20 @@ def test_standard_library_records_are_rendered_as_json_lines_once() -> None:
     assert line["event"] == f"odd request from 1.2.3.4: {REDACTED}"
     assert line["logger"] == "some.library" and line["level"] == "warning"
     assert len(out.getvalue().splitlines()) == 1
+
+
+def test_http_and_database_libraries_only_log_warnings_even_at_debug() -> None:
+    out = io.StringIO()
+    configure_logging("json", "debug", stream=out)
+    for name in ("httpx", "httpcore.http11", "aiosqlite"):
+        logging.getLogger(name).info('HTTP Request: PATCH http://x "HTTP/1.1 201 Created"')
+        logging.getLogger(name).debug("executing SELECT 1")
+    logging.getLogger("httpx").warning("a real problem")
+    logging.getLogger("receiver.example").debug("our own debug line")
+    assert [line["event"] for line in json_lines(out.getvalue())] == [
+        "a real problem",
+        "our own debug line",
+    ]
 
 
 def test_known_secrets_are_redacted_anywhere_in_a_line() -> None:
