@@ -20,6 +20,10 @@ class ConfigError(StagesyncError):
         self.problems = problems
 
 
+class StoreError(StagesyncError):
+    """The database answers but cannot take writes: read-only, full, failing I/O."""
+
+
 class SignatureError(StagesyncError):
     """A webhook request's signature is missing, wrong or too old."""
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from receiver.context import AppContext
+from receiver.exceptions import StoreError
 from receiver.logging import get_logger
 from receiver.responses import JSON
 from receiver.status import build_status
@@ -38,6 +39,8 @@ async def readyz(request: Request) -> Response:
     try:
         await ctx.store.ping()
         checks["database"] = "ok"
+    except StoreError as exc:  # our own words, safe to show
+        checks["database"] = f"failing: {exc}"
     except Exception as exc:
         checks["database"] = f"failing: {type(exc).__name__}"
     checks["dispatcher"] = "ok" if ctx.dispatcher.running(now) else "failing: stalled"

@@ -15,6 +15,7 @@ file (:mod:`receiver.store.sqlite_checkpoint`), so that no commit has to.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from receiver.exceptions import StoreError
 from receiver.models import (
     ClaimedContact,
     ContactState,
@@ -48,6 +50,26 @@ from receiver.store.sqlite_ingest import SQLiteIngest
 from receiver.store.sqlite_schema import CONTACT_MATCH, migrate
 from receiver.store.sqlite_thread import PRAGMAS, SQLiteWriter, connect
 from receiver.store.write_lock import WriteLock
+
+_WRITE_PROBE = "INSERT INTO meta(key, value) VALUES ('stagesync:write-probe', '')"
+
+
+def _check_writable(conn: sqlite3.Connection) -> None:
+    # SQLite opens a file it may not write read-only without a word, and the schema
+    # check writes nothing when it is up to date: without this, the service would start
+    # and answer every webhook 503 until restarted. The probe is rolled back.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_WRITE_PROBE)
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorname != "SQLITE_READONLY":
+            raise
+        raise StoreError(
+            "the database is read-only for this user: check the owner and mode of the file"
+            " and of its directory (SQLite writes -wal and -shm files beside it)"
+        ) from None
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def sqlite_path(database_url: str) -> str:
@@ -88,6 +110,7 @@ class SQLiteStore:
             self._writer = SQLiteWriter(self.path, self._lock)
             await self._writer.open()
             await self._writer.run(migrate)
+            await self._writer.run(_check_writable)
             self._r = await self._connect_reader()
             self._ingest = SQLiteIngest(partial(connect, self.path), self._lock, self._notify)
             await self._ingest.open()
@@ -131,9 +154,12 @@ class SQLiteStore:
         return self._writer
 
     async def ping(self) -> None:
-        """Raise if the database does not answer."""
+        """Raise if the database does not answer, or its last webhook commit failed."""
         async with self._rc.execute("SELECT 1") as cur:
             await cur.fetchone()
+        failing = self._ingest.failing if self._ingest is not None else None
+        if failing is not None:
+            raise StoreError(f"webhook commits fail: {failing}")
 
     # -- ingest ----------------------------------------------------------------------
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from receiver.events import to_new_events
-from receiver.exceptions import ConfigError
+from receiver.exceptions import ConfigError, StoreError
 from receiver.models import EventFilter
-from receiver.store import sqlite_dispatch
+from receiver.store import sqlite_dispatch, sqlite_ingest
 from receiver.store.base import IngestResult
-from receiver.store.sqlite import SQLiteStore
+from receiver.store.sqlite import SQLiteStore, _check_writable
 from receiver.store.sqlite_dispatch import _DUE_CONTACTS, contact_events_sql
 from receiver.store.sqlite_ingest import GroupRows, group_rows, insert_group
 from receiver.store.sqlite_schema import CONTACT_MATCH, MIGRATIONS, migrate
@@ -283,3 +283,47 @@ async def test_the_checkpointer_copies_the_wal_back_so_commits_start_it_again(
         await burst(store, 5)
         # The second burst reused the WAL from its start instead of growing it.
         assert file_size(wal) <= grown * 1.2
+
+
+# -- writability ------------------------------------------------------------------------
+
+
+async def test_a_database_sqlite_can_only_read_is_refused_naming_the_cause(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.db"
+    async with opened(path):
+        pass
+    # What SQLite does, unasked, with a file this user may not write (as root, chmod
+    # cannot show it): open it read-only.
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with pytest.raises(StoreError, match="read-only for this user"):
+            _check_writable(conn)
+    finally:
+        conn.close()
+    writable = connect(str(path))
+    try:
+        _check_writable(writable)  # and the probe leaves nothing behind
+        probes = "SELECT count(*) FROM meta WHERE key LIKE '%probe%'"
+        assert writable.execute(probes).fetchone() == (0,)
+        assert not writable.in_transaction
+    finally:
+        writable.close()
+
+
+async def test_failing_webhook_commits_make_ping_fail_until_one_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(conn: sqlite3.Connection, batch: GroupRows) -> set[bytes] | None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async with opened(tmp_path / "events.db") as store:
+        monkeypatch.setattr(sqlite_ingest, "insert_group", full)
+        with pytest.raises(sqlite3.OperationalError):
+            await store.ingest(to_new_events([event(1, "lead")]), 1.0)
+        with pytest.raises(StoreError, match="webhook commits fail: database or disk is full"):
+            await store.ping()
+        monkeypatch.setattr(sqlite_ingest, "insert_group", insert_group)
+        assert (await store.ingest(to_new_events([event(2, "lead")]), 2.0)).accepted == 1
+        await store.ping()
