@@ -182,17 +182,27 @@ class Settings(BaseSettings):
     def _mapping_json(cls, value: Any) -> Any:
         if isinstance(value, str):  # from STAGESYNC_MAPPING; the TOML file gives tables
             try:
-                return json.loads(value)
+                value = json.loads(value)
             except json.JSONDecodeError:
                 raise ValueError("STAGESYNC_MAPPING must be a JSON object") from None
-        return value
-
-    @field_validator("mapping")
-    @classmethod
-    def _mapping_kinds(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        unknown = set(value) - {"lead", "contact"}
+        if not isinstance(value, dict):
+            return value  # pydantic says what it must be
+        # Every problem of the mapping at once: pydantic would stop at the first table.
+        problems = []
+        unknown = sorted(set(value) - {"lead", "contact"})
         if unknown:
-            raise ValueError(f"only [mapping.lead] and [mapping.contact] exist, not {unknown}")
+            problems.append(f"only [mapping.lead] and [mapping.contact] exist, not {unknown}")
+        for kind, table in value.items():
+            if kind in unknown:
+                continue
+            if not isinstance(table, dict):
+                problems.append(f"[mapping.{kind}] must be a table of field = property")
+                continue
+            wrong = sorted(str(k) for k, v in table.items() if not isinstance(v, str))
+            if wrong:
+                problems.append(f"[mapping.{kind}] values must be text: {', '.join(wrong)}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @property

@@ -109,6 +109,12 @@ def test_mapping_tables_are_read_with_empty_values_kept_to_remove_defaults(
     }
 
 
+def test_every_mapping_problem_is_reported_at_once(tmp_path: Path) -> None:
+    config = write(tmp_path, "[mapping.lead]\nTitle = 5\n[mapping.foo]\nName = 'x'\n")
+    [line] = problems(config, **BASE)
+    assert "not ['foo']" in line and "[mapping.lead] values must be text: Title" in line
+
+
 def test_mapping_table_other_than_lead_or_contact_is_a_problem(tmp_path: Path) -> None:
     config = write(tmp_path, '[mapping.account]\nName = "company"\n')
     lines = problems(config, **BASE)
