@@ -44,9 +44,14 @@ class GroupCommitter:
         on_commit: Callable[[], None],
         writers: int = 1,
         max_events: int = 20_000,
+        storage_failure: Callable[[BaseException], bool] = lambda exc: True,
     ) -> None:
         self._commit = commit
         self._on_commit = on_commit
+        self._storage_failure = storage_failure
+        # Why the last request could not be committed, when the database itself is the
+        # cause (``storage_failure`` says), until a commit succeeds.
+        self.failing: str | None = None
         self._writers = writers
         self._max_events = max_events
         self._queue: asyncio.Queue[IngestRequest] = asyncio.Queue()
@@ -97,9 +102,12 @@ class GroupCommitter:
                 for request in group:
                     await self._commit_and_answer([request])
                 return
+            if self._storage_failure(exc):
+                self.failing = f"{type(exc).__name__}: {exc}"
             if not group[0].future.done():
                 group[0].future.set_exception(exc)  # answered 503; HubSpot retries
             return
+        self.failing = None
         for request, result in zip(group, results, strict=True):
             if not request.future.done():
                 request.future.set_result(result)

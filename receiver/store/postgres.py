@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from receiver.exceptions import ConfigError
+from receiver.exceptions import ConfigError, StoreError
 from receiver.logging import get_logger
 from receiver.models import (
     ClaimedContact,
@@ -64,6 +64,17 @@ CONNECT_TIMEOUT_S = 10.0
 # Two group-commit writers: one builds and sends the next group while the other waits
 # for its commit to be flushed (PostgreSQL flushes concurrent commits together).
 WRITERS = 2
+# SQLSTATE classes that say the database itself cannot take the commit, not one
+# request's data: connection (08), read-only (25), resources such as a full disk (53),
+# shutting down (57), I/O (58).
+_STORAGE_CLASSES = frozenset({"08", "25", "53", "57", "58"})
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return state[:2] in _STORAGE_CLASSES
+    return isinstance(exc, (OSError, asyncpg.InterfaceError))
 
 
 class PostgresStore:
@@ -75,7 +86,9 @@ class PostgresStore:
         self.dsn = dsn
         self.token = uuid.uuid4().hex  # tags this store's commits in NOTIFY payloads
         self._pool: Any = None
-        self._writer = GroupCommitter(self._commit_group, self._notify, writers=WRITERS)
+        self._writer = GroupCommitter(
+            self._commit_group, self._notify, writers=WRITERS, storage_failure=_storage_failure
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[], None]] = []
         self.listener: NotifyListener | None = None
@@ -121,6 +134,12 @@ class PostgresStore:
     @staticmethod
     async def _migrate(conn: Any) -> None:
         async with conn.transaction():
+            if await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
+                # A standby, or default_transaction_read_only: every webhook would get a 503.
+                raise StoreError(
+                    "the database only takes reads (a standby, or default_transaction_read_only"
+                    " is on): point STAGESYNC_DATABASE_URL at the primary"
+                )
             await conn.execute(q.MIGRATE_LOCK)
             if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SCHEMA_TABLE):
                 await conn.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL)")
@@ -168,8 +187,10 @@ class PostgresStore:
         return self._pool
 
     async def ping(self) -> None:
-        """Raise if the database does not answer."""
+        """Raise if the database does not answer, or its last webhook commit failed."""
         await self.pool.fetchval("SELECT 1")
+        if self._writer.failing is not None:
+            raise StoreError(f"webhook commits fail: {self._writer.failing}")
 
     async def _fold_loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from receiver.events import to_new_events
-from receiver.exceptions import ConfigError
+from receiver.exceptions import ConfigError, StoreError
 from receiver.models import (
     ClaimedContact,
     ContactState,
@@ -464,6 +464,40 @@ async def test_postgres_refuses_a_schema_newer_than_it_knows(pg_dsn: str) -> Non
         await conn.close()
     with pytest.raises(ConfigError, match="schema is version 99"):
         await PostgresStore(pg_dsn).open()
+
+
+@pytest.mark.postgres
+async def test_postgres_refuses_a_database_that_only_takes_reads(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()  # the schema exists: the refusal is not a failed migration
+    await store.close()
+    read_only = with_query(pg_dsn, default_transaction_read_only="on")
+    with pytest.raises(StoreError, match="only takes reads"):
+        await PostgresStore(read_only).open()
+
+
+@pytest.mark.postgres
+async def test_postgres_failing_webhook_commits_make_ping_fail_until_one_succeeds(
+    pg_dsn: str,
+) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        commit = store._writer._commit
+
+        async def full(group: Any) -> Any:
+            raise asyncpg.DiskFullError("could not extend file: No space left on device")
+
+        store._writer._commit = full
+        with pytest.raises(asyncpg.DiskFullError):
+            await store.ingest(batch(event(1, "lead")), 1.0)
+        with pytest.raises(StoreError, match="webhook commits fail: DiskFullError"):
+            await store.ping()
+        store._writer._commit = commit
+        assert (await store.ingest(batch(event(2, "lead")), 2.0)).accepted == 1
+        await store.ping()
+    finally:
+        await store.close()
 
 
 @pytest.mark.postgres
