@@ -161,8 +161,9 @@ class SalesforceTarget:
         """Upsert many records: Leads and Contacts apart, up to 200 per collection call.
 
         Results come back in request order. A record Salesforce refused holds its
-        error. When a whole call fails (outage, rate limit) its records hold that
-        error, unless every call failed: then the first such error is raised.
+        error. When a whole call fails (outage, rate limit) its records, and only its,
+        hold that call's error: a Lead call's 400 must not fail the Contacts of a call
+        that met a 503 and should be retried.
         """
         units: list[tuple[Kind, list[int]]] = []
         by_kind: dict[Kind, list[int]] = {}
@@ -174,10 +175,6 @@ class SalesforceTarget:
         outcomes = await asyncio.gather(
             *(self._run_unit(kind, [requests[i] for i in idx]) for kind, idx in units)
         )
-        if units and all(isinstance(outcome, UpstreamError) for outcome in outcomes):
-            first = outcomes[0]
-            assert isinstance(first, UpstreamError)
-            raise first
         results: list[UpsertResult | UpstreamError | None] = [None] * len(requests)
         for (_, indexes), outcome in zip(units, outcomes, strict=True):
             for position, index in enumerate(indexes):

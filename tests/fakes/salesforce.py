@@ -14,7 +14,8 @@ body shapes, so the target can be tested over real HTTP without an org:
 
 Lead needs ``LastName`` and ``Company``, Contact needs ``LastName``. Switches turn on
 failures: ``revoke_token()`` (401 ``INVALID_SESSION_ID``), ``limit_exceeded`` (403
-``REQUEST_LIMIT_EXCEEDED``), ``unavailable`` (503), ``reject()`` (a validation rule),
+``REQUEST_LIMIT_EXCEEDED``), ``unavailable`` (503), ``failing_objects`` (503 or a
+whole-call 400 ``INVALID_FIELD`` on one object only), ``reject()`` (a validation rule),
 ``locked`` (``UNABLE_TO_LOCK_ROW``) and ``duplicates`` (key matching several records).
 It is stricter than Salesforce in one way: ``Id`` or the external id field in an upsert
 body is refused, because stagesync must never send them.
@@ -55,6 +56,12 @@ UNAVAILABLE = [
     }
 ]
 NOT_FOUND = [{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]
+INVALID_FIELD = [
+    {
+        "message": "No such column 'Rating__c' on sobject of type Lead",
+        "errorCode": "INVALID_FIELD",
+    }
+]
 _VERSION = re.compile(r"v(\d+\.\d+)")
 
 
@@ -88,6 +95,8 @@ class FakeSalesforce:
     latency_s: float = 0.0
     limit_exceeded: bool = False
     unavailable: bool = False
+    #: Object -> 503 (unavailable) or 400 (a mapped field it lacks), for that object only
+    failing_objects: dict[str, int] = field(default_factory=dict)
     api_limit: int = 15_000
     api_used: int = 0
     #: (Object, external id) -> record
@@ -208,6 +217,9 @@ class FakeSalesforce:
         obj, fld = request.path_params["obj"], request.path_params["field"]
         if obj not in ID_PREFIXES or fld != self.external_id_field:
             return self._answer(NOT_FOUND, 404)
+        if obj in self.failing_objects:
+            status = self.failing_objects[obj]
+            return self._answer(UNAVAILABLE if status == 503 else INVALID_FIELD, status)
         if self._version(request) is None:
             return self._answer(NOT_FOUND, 404)
         return None

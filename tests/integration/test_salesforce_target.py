@@ -209,8 +209,32 @@ async def test_request_limit_exceeded_is_rate_limited_without_retry_after(
         await target.upsert(lead("1"))
     assert caught.value.code == "REQUEST_LIMIT_EXCEEDED"
     assert caught.value.retry_after is None
-    with pytest.raises(RateLimited):
-        await target.upsert_batch([lead("1"), lead("2")])
+    results = await target.upsert_batch([lead("1"), lead("2")])
+    assert all(isinstance(r, RateLimited) for r in results)
+
+
+@pytest.mark.parametrize(("lead_status", "contact_status"), [(400, 503), (503, 400)])
+async def test_each_object_calls_error_stays_with_that_objects_records(
+    fake: FakeSalesforce, make: Factory, lead_status: int, contact_status: int
+) -> None:
+    # A Lead mapping mistake during a Contact outage must not fail the Contacts for good
+    # (nor make the Leads retry what cannot succeed).
+    fake.failing_objects = {"Lead": lead_status, "Contact": contact_status}
+    results = await make().upsert_batch([lead("1"), contact("2"), lead("3"), contact("4")])
+    kinds = {400: PermanentError, 503: TransientError}
+    assert [type(r) for r in results] == [
+        kinds[lead_status],
+        kinds[contact_status],
+        kinds[lead_status],
+        kinds[contact_status],
+    ]
+    codes = {400: "INVALID_FIELD", 503: "SERVER_UNAVAILABLE"}
+    assert [r.code for r in results if isinstance(r, UpstreamError)] == [
+        codes[lead_status],
+        codes[contact_status],
+        codes[lead_status],
+        codes[contact_status],
+    ]
 
 
 async def test_unavailable_salesforce_is_transient(fake: FakeSalesforce, make: Factory) -> None:
