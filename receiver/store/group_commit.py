@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
+from receiver.store.health import CommitHealth
 from receiver.tasks import cancel_and_wait
 
 
@@ -49,9 +50,7 @@ class GroupCommitter:
         self._commit = commit
         self._on_commit = on_commit
         self._storage_failure = storage_failure
-        # Why the last request could not be committed, when the database itself is the
-        # cause (``storage_failure`` says), until a commit succeeds.
-        self.failing: str | None = None
+        self.health = CommitHealth()
         self._writers = writers
         self._max_events = max_events
         self._queue: asyncio.Queue[IngestRequest] = asyncio.Queue()
@@ -103,11 +102,11 @@ class GroupCommitter:
                     await self._commit_and_answer([request])
                 return
             if self._storage_failure(exc):
-                self.failing = f"{type(exc).__name__}: {exc}"
+                self.health.failed(f"{type(exc).__name__}: {exc}")
             if not group[0].future.done():
                 group[0].future.set_exception(exc)  # answered 503; HubSpot retries
             return
-        self.failing = None
+        self.health.succeeded()
         for request, result in zip(group, results, strict=True):
             if not request.future.done():
                 request.future.set_result(result)

@@ -189,8 +189,9 @@ class PostgresStore:
     async def ping(self) -> None:
         """Raise if the database does not answer, or its last webhook commit failed."""
         await self.pool.fetchval("SELECT 1")
-        if self._writer.failing is not None:
-            raise StoreError(f"webhook commits fail: {self._writer.failing}")
+        problem = self._writer.health.problem()
+        if problem is not None:
+            raise StoreError(f"webhook commits fail: {problem}")
 
     async def _fold_loop(self) -> None:
         while True:

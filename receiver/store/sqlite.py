@@ -157,9 +157,9 @@ class SQLiteStore:
         """Raise if the database does not answer, or its last webhook commit failed."""
         async with self._rc.execute("SELECT 1") as cur:
             await cur.fetchone()
-        failing = self._ingest.failing if self._ingest is not None else None
-        if failing is not None:
-            raise StoreError(f"webhook commits fail: {failing}")
+        problem = self._ingest.health.problem() if self._ingest is not None else None
+        if problem is not None:
+            raise StoreError(f"webhook commits fail: {problem}")
 
     # -- ingest ----------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ import orjson
 
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
+from receiver.store.health import CommitHealth
 from receiver.store.write_lock import WriteLock
 
 KEY_LENGTH = 24
@@ -209,8 +210,7 @@ class SQLiteIngest:
         self._closing = False
         self._stopped: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Why the last group could not be committed (the disk is full, say), until one is.
-        self.failing: str | None = None
+        self.health = CommitHealth()
 
     async def open(self) -> None:
         """Start the ingest thread, once it has connected."""
@@ -263,7 +263,7 @@ class SQLiteIngest:
                     answers = self._commit(conn, group)
                 except Exception as exc:  # a bug: answer 503 rather than never
                     answers = [exc] * len(group)
-                self.failing = _storage_failure(answers, self.failing)
+                _record_health(self.health, answers)
                 loop.call_soon_threadsafe(self._answer, group, answers)
         finally:
             conn.close()
@@ -312,19 +312,16 @@ class SQLiteIngest:
             self._on_commit()
 
 
-def _storage_failure(
-    answers: Sequence[IngestResult | BaseException], before: str | None
-) -> str | None:
-    """What is wrong with the database itself after a group: None once a request commits.
-
-    Only SQLite's operational errors (full, read-only, I/O) say so: one request's bad
-    data, committed on its own after the group, is that request's problem and changes
-    nothing.
-    """
+def _record_health(health: CommitHealth, answers: Sequence[IngestResult | BaseException]) -> None:
+    """A committed request clears the failure; a group that failed for SQLite's own
+    reasons (full, read-only, I/O) records it. One request's bad data, committed on its
+    own after the group, is that request's problem and changes nothing."""
     if not all(isinstance(a, BaseException) for a in answers):
-        return None
+        health.succeeded()
+        return
     failure = next((a for a in answers if isinstance(a, sqlite3.OperationalError)), None)
-    return str(failure) if failure is not None else before
+    if failure is not None:
+        health.failed(str(failure))
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
