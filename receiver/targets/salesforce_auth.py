@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import structlog
 
-from receiver.exceptions import PermanentError, TransientError
+from receiver.exceptions import AuthExpired, PermanentError, TransientError, UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -108,9 +108,12 @@ class TokenSource:
         """A session newer than ``stale``: fetched from the token endpoint unless another
         caller already did so while this one waited for the lock.
 
-        Raises ``PermanentError`` when there are no refresh settings or Salesforce
-        refuses the refresh token, ``TransientError`` when the endpoint is unreachable
-        or failing.
+        Raises ``PermanentError`` when nothing could ever give a session (no token, no
+        instance URL, a refresh token Salesforce refuses), ``AuthExpired`` when a
+        configured token expired with no refresh settings (retried: a new token and a
+        restart let the events through, as the SPEC's "refresh once, then retry" and the
+        HubSpot client have it), ``TransientError`` when the endpoint is unreachable or
+        failing.
         """
         async with self._lock:
             current = self._session
@@ -123,7 +126,7 @@ class TokenSource:
             log.info("salesforce_token_refreshed", generation=self._session.generation)
             return self._session
 
-    def _no_refresh_error(self, stale: Session | None) -> PermanentError:
+    def _no_refresh_error(self, stale: Session | None) -> UpstreamError:
         if stale is None and not self._has_configured_token:
             return PermanentError(
                 "NO_CREDENTIALS",
@@ -136,7 +139,7 @@ class TokenSource:
                 "no Salesforce instance URL configured, and no refresh settings "
                 "(CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN) to learn it from a token request",
             )
-        return PermanentError(
+        return AuthExpired(
             "INVALID_SESSION_ID",
             "the Salesforce access token expired or is invalid, and no refresh token is "
             "configured (set CLIENT_ID, CLIENT_SECRET and REFRESH_TOKEN, or a new ACCESS_TOKEN)",

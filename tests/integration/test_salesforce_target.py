@@ -9,7 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.exceptions import PermanentError, RateLimited, TransientError, UpstreamError
+from receiver.exceptions import (
+    AuthExpired,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    UpstreamError,
+)
 from receiver.targets.base import UpsertRequest, UpsertResult
 from receiver.targets.salesforce import SalesforceConfig, SalesforceTarget
 from receiver.targets.salesforce_fields import PLACEHOLDER
@@ -188,12 +194,13 @@ async def test_refresh_settings_alone_fetch_token_and_instance_on_first_use(
     assert fake.record("Contact", "1") is not None
 
 
-async def test_expired_token_without_refresh_settings_fails_naming_the_missing_refresh(
+async def test_expired_token_without_refresh_settings_is_retried_naming_the_missing_refresh(
     fake: FakeSalesforce, make: Factory
 ) -> None:
+    # Retried, not failed: a new token and a restart let the events through.
     target = make(client_id=None, client_secret=None, refresh_token=None)
     fake.revoke_token()
-    with pytest.raises(PermanentError) as caught:
+    with pytest.raises(AuthExpired) as caught:
         await target.upsert(lead("1"))
     assert caught.value.code == "INVALID_SESSION_ID"
     assert "no refresh token is configured" in caught.value.message
@@ -279,9 +286,9 @@ async def test_secrets_never_appear_in_error_text(fake: FakeSalesforce, make: Fa
 
     no_refresh = make(client_id=None, client_secret=None, refresh_token=None)
     fake.revoke_token()
-    with pytest.raises(PermanentError) as caught:
+    with pytest.raises(AuthExpired) as expired:
         await no_refresh.upsert(lead("1"))
-    errors.append(caught.value)
+    errors.append(expired.value)
 
     bad_refresh = make(refresh_token="not-the-refresh-token")
     with pytest.raises(PermanentError) as caught:

@@ -229,12 +229,12 @@ async def test_401_refreshes_once_and_retries_on_the_new_instance(make: Factory)
     assert target.token_refreshes == 1
 
 
-async def test_401_without_refresh_settings_is_permanent_and_says_why(make: Factory) -> None:
+async def test_401_without_refresh_settings_is_retried_and_says_why(make: Factory) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return errors("INVALID_SESSION_ID", "Session expired or invalid", 401)
 
     target = make(handler, client_id=None, client_secret=None, refresh_token=None)
-    with pytest.raises(PermanentError) as caught:
+    with pytest.raises(AuthExpired) as caught:
         await target.upsert(lead("101"))
     assert caught.value.code == "INVALID_SESSION_ID"
     assert "no refresh token is configured" in caught.value.message
