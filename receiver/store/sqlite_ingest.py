@@ -313,9 +313,9 @@ class SQLiteIngest:
 
 
 def _record_health(health: CommitHealth, answers: Sequence[IngestResult | BaseException]) -> None:
-    """A committed request clears the failure; a group that failed for SQLite's own
-    reasons (full, read-only, I/O) records it. One request's bad data, committed on its
-    own after the group, is that request's problem and changes nothing."""
+    # A committed request clears the failure; a group that failed for SQLite's own
+    # reasons (full, read-only, I/O) records it. One request's bad data, committed on
+    # its own after the group, is that request's problem and changes nothing.
     if not all(isinstance(a, BaseException) for a in answers):
         health.succeeded()
         return
