@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -281,6 +282,22 @@ async def test_bad_list_parameters_answer_400_naming_the_parameter(svc: Service)
         body = answer.json()
         assert body["error"] == "bad_request"
         assert words in body["message"], (query, body)
+
+
+async def test_a_database_failure_during_a_replay_is_a_503_saying_to_try_again(
+    svc: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def full(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(svc.ctx.store, "replay_matching", full)
+    monkeypatch.setattr(svc.ctx.store, "get_event", full)
+    for answer in (
+        await svc.post("/admin/replay", json={"state": "failed"}),
+        await svc.post("/admin/events/1/replay"),
+    ):
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "storage_unavailable"
 
 
 async def test_event_ids_that_are_not_ids_answer_404_in_json(svc: Service) -> None:
