@@ -136,6 +136,9 @@ class HubSpotClient:
         self._token = token
         self._pacer = pacer
         self._on_call = on_call
+        # Unix time before which the DAILY limit is spent: no call goes out until then.
+        self._daily_until = 0.0
+        self._daily_message = ""
 
     def __repr__(self) -> str:
         return f"HubSpotClient(url={self._url!r})"
@@ -161,6 +164,11 @@ class HubSpotClient:
     async def _read_chunk(
         self, chunk: list[int], properties: list[str], now: float
     ) -> dict[int, Properties]:
+        if now < self._daily_until:
+            # The SPEC re-checks a spent DAILY limit every 15 minutes, not on every round:
+            # each call before then would only earn another 429. Not the shared pacer:
+            # holding every caller that long would stall the dispatcher.
+            raise RateLimited("RATE_LIMIT", self._daily_message, self._daily_until - now)
         body = {"inputs": [{"id": str(i)} for i in chunk], "properties": properties}
         await self._pacer.acquire()
         try:
@@ -239,13 +247,15 @@ class HubSpotClient:
     ) -> RateLimited:
         policy = _text(payload.get("policyName"))
         delay = rate_limit_delay(policy, response.headers.get("Retry-After"), now)
+        code = _text(payload.get("errorType")) or "RATE_LIMIT"
+        message = self._scrub(f"{detail} (policy {policy or 'unknown'}, retry in {delay:.0f} s)")
         if (policy or "").upper() != "DAILY":
             # The rolling window is shared by every caller: hold them all, so that the
             # others do not earn a 429 of their own.
             self._pacer.pause_for(delay)
-        code = _text(payload.get("errorType")) or "RATE_LIMIT"
-        message = f"{detail} (policy {policy or 'unknown'}, retry in {delay:.0f} s)"
-        return RateLimited(code, self._scrub(message), retry_after=delay)
+        else:
+            self._daily_until, self._daily_message = now + delay, message
+        return RateLimited(code, message, retry_after=delay)
 
     def _detail(self, payload: dict[str, Any], response: httpx.Response) -> str:
         message = _text(payload.get("message")) or response.reason_phrase or "no message"

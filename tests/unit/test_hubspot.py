@@ -215,6 +215,21 @@ async def test_daily_429_waits_until_midnight_without_pausing_the_pacer() -> Non
     assert caught.value.retry_after == 120.0
 
 
+async def test_a_spent_daily_limit_is_not_asked_again_before_its_retry_time() -> None:
+    # Each call before then would only earn another 429 (HubSpot wants under 5% of
+    # calls refused); the SPEC re-checks every 15 minutes at most.
+    async with mocked(answer(429, rate_limit_body("DAILY"))) as h:
+        with pytest.raises(RateLimited):
+            await h.client.batch_read([1], ["lifecyclestage"], now=BEFORE_MIDNIGHT)
+        with pytest.raises(RateLimited) as again:
+            await h.client.batch_read([2], ["lifecyclestage"], now=BEFORE_MIDNIGHT + 100)
+        assert h.calls == ["4xx"]
+        assert again.value.retry_after == 20.0
+        with pytest.raises(RateLimited):
+            await h.client.batch_read([3], ["lifecyclestage"], now=BEFORE_MIDNIGHT + 120)
+        assert h.calls == ["4xx", "4xx"]
+
+
 async def test_429_without_a_json_body_is_still_rate_limited() -> None:
     async with mocked(text_answer(429, "Too Many Requests")) as h:
         with pytest.raises(RateLimited) as caught:
@@ -392,7 +407,8 @@ async def test_fake_daily_429_waits_until_midnight_and_stays_until_cleared() -> 
                 await client.batch_read([1], ["lifecyclestage"], BEFORE_MIDNIGHT)
             assert caught.value.retry_after == 120.0
         fake.clear_failures()
-        assert 1 in await client.batch_read([1], ["lifecyclestage"], BEFORE_MIDNIGHT)
+        # The client asks again once the limit resets, not before.
+        assert 1 in await client.batch_read([1], ["lifecyclestage"], BEFORE_MIDNIGHT + 120)
 
 
 async def test_fake_503_maps_to_transient_error() -> None:
