@@ -98,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from receiver.app import create_app
+    from receiver.http_protocol import LimitedHttpToolsProtocol
     from receiver.logging import configure_logging
 
     settings = _settings(args)
@@ -124,6 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         proxy_headers=True,
         server_header=False,
+        # A bounded request head and a deadline to receive a request (http_protocol.py).
+        http=LimitedHttpToolsProtocol,
     )
     return 0
 
