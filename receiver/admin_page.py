@@ -267,7 +267,10 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """``POST /admin/logout``: drop the session cookie."""
+    """``POST /admin/logout``: drop the session cookie; from this page only."""
+    if not same_origin(request):
+        # Another site must not be able to log a user out, any more than in.
+        return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
     response = RedirectResponse("/admin/", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="strict")
     return response

@@ -178,6 +178,8 @@ async def test_logging_in_sets_an_httponly_strict_cookie_that_does_not_hold_the_
         assert home.headers["x-frame-options"] == "DENY"
         assert home.headers["cache-control"] == "no-store"
 
+        elsewhere = await p.post("/admin/logout", Origin="http://evil.example")
+        assert elsewhere.status_code == 403 and "set-cookie" not in elsewhere.headers
         out = await p.post("/admin/logout", **p.origin)
         assert out.status_code == 303
         assert login_redirect(await p.get("/admin/"))
