@@ -92,6 +92,23 @@ async def test_opening_a_version_2_file_lists_its_events_in_the_index_by_contact
     assert count_where(path, "listed") == 1
 
 
+async def test_a_version_3_file_gets_the_unlisted_index_that_holds_the_contact(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:3]:
+        for statement in migration:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    async with opened(path):
+        pass
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        columns = [row[2] for row in conn.execute("PRAGMA index_info(events_unlisted)")]
+    assert columns == ["id", "object_id", "listed"]
+
+
 async def test_webhook_events_stay_out_of_the_contact_index_until_a_claim_lists_them(
     tmp_path: Path,
 ) -> None:
