@@ -27,7 +27,7 @@ from receiver.presenters import event_json, history_json
 from receiver.responses import JSON, error, sentence
 from receiver.status import iso
 from receiver.store.base import EventStore
-from receiver.store.factory import STORAGE_ERRORS, STORAGE_UNAVAILABLE
+from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 
 log = get_logger("receiver.admin")
 
@@ -183,7 +183,9 @@ def _api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, ctx, caller)
         except BadParam as exc:
             return error(400, "bad_request", exc.sentence())
-        except STORAGE_ERRORS:
+        except Exception as exc:
+            if not storage_failure(exc):
+                raise  # a bug: the app's handler answers the JSON 500
             log.exception("admin_storage_failed", path=request.url.path)
             return error(503, "storage_unavailable", STORAGE_UNAVAILABLE)
 

@@ -50,7 +50,7 @@ from receiver.numbers import parse_uint
 from receiver.presenters import event_json, history_json
 from receiver.responses import error
 from receiver.status import build_status
-from receiver.store.factory import STORAGE_ERRORS, STORAGE_UNAVAILABLE
+from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 
 log = get_logger("receiver.admin_page")
 
@@ -122,7 +122,9 @@ def _page(handler: PageHandler, *, post: bool = False) -> Callable[[Request], Aw
             return await handler(request, ctx, caller)
         except BadParam as exc:
             return _refuse(request, 400, "bad_request", exc.sentence())
-        except STORAGE_ERRORS:
+        except Exception as exc:
+            if not storage_failure(exc):
+                raise  # a bug: the app's handler answers the JSON 500
             log.exception("admin_storage_failed", path=request.url.path)
             return _refuse(request, 503, "storage_unavailable", STORAGE_UNAVAILABLE)
 

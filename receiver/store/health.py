@@ -1,4 +1,4 @@
-"""Whether webhook commits are failing because of the database itself.
+"""Whether the database itself is failing, and whether webhook commits fail because of it.
 
 A full disk, a read-only file or a lost connection fails every commit, and ``/readyz``
 should say so. But a failure is only known from a commit that was tried: an instance a
@@ -9,10 +9,29 @@ webhooks fail again and report it again.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 
+import asyncpg
+
+from receiver.exceptions import StoreError
+
 WINDOW_S = 30.0
+# SQLSTATE classes that say the database itself cannot do the work, not one request's
+# data: connection (08), read-only (25), resources such as a full disk (53), shutting
+# down (57), I/O (58).
+_STORAGE_CLASSES = frozenset({"08", "25", "53", "57", "58"})
+STORAGE_UNAVAILABLE = "The database could not be read or written just now; try again shortly."
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database, not the request, is the problem: a full disk, a
+    lost connection, a file it may not write (either store's driver)."""
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return state[:2] in _STORAGE_CLASSES
+    return isinstance(exc, StoreError | sqlite3.OperationalError | asyncpg.InterfaceError | OSError)
 
 
 class CommitHealth:

@@ -49,6 +49,7 @@ from receiver.store import postgres_records as records
 from receiver.store import postgres_sql as q
 from receiver.store.base import IngestResult, ReplayRefusal
 from receiver.store.group_commit import GroupCommitter, IngestRequest
+from receiver.store.health import storage_failure
 from receiver.store.postgres_dispatch import CONTACT_COLUMNS
 from receiver.store.postgres_listen import NotifyListener
 from receiver.store.postgres_schema import MIGRATIONS, OPEN_SQL, SCHEMA_TABLE
@@ -64,17 +65,6 @@ CONNECT_TIMEOUT_S = 10.0
 # Two group-commit writers: one builds and sends the next group while the other waits
 # for its commit to be flushed (PostgreSQL flushes concurrent commits together).
 WRITERS = 2
-# SQLSTATE classes that say the database itself cannot take the commit, not one
-# request's data: connection (08), read-only (25), resources such as a full disk (53),
-# shutting down (57), I/O (58).
-_STORAGE_CLASSES = frozenset({"08", "25", "53", "57", "58"})
-
-
-def _storage_failure(exc: BaseException) -> bool:
-    state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str):
-        return state[:2] in _STORAGE_CLASSES
-    return isinstance(exc, (OSError, asyncpg.InterfaceError))
 
 
 class PostgresStore:
@@ -87,7 +77,7 @@ class PostgresStore:
         self.token = uuid.uuid4().hex  # tags this store's commits in NOTIFY payloads
         self._pool: Any = None
         self._writer = GroupCommitter(
-            self._commit_group, self._notify, writers=WRITERS, storage_failure=_storage_failure
+            self._commit_group, self._notify, writers=WRITERS, storage_failure=storage_failure
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[], None]] = []

@@ -44,7 +44,7 @@ import orjson
 
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
-from receiver.store.health import CommitHealth
+from receiver.store.health import CommitHealth, storage_failure
 from receiver.store.write_lock import WriteLock
 
 KEY_LENGTH = 24
@@ -319,9 +319,9 @@ def _record_health(health: CommitHealth, answers: Sequence[IngestResult | BaseEx
     if not all(isinstance(a, BaseException) for a in answers):
         health.succeeded()
         return
-    failure = next((a for a in answers if isinstance(a, sqlite3.OperationalError)), None)
-    if failure is not None:
-        health.failed(str(failure))
+    failures = [a for a in answers if isinstance(a, BaseException) and storage_failure(a)]
+    if failures:
+        health.failed(str(failures[0]))
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
