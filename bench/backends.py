@@ -165,7 +165,7 @@ def with_database(dsn: str, db: str) -> str:
 
 def postgres_store_exists() -> bool:
     """Whether this checkout has the PostgreSQL store yet."""
-    return importlib.util.find_spec("receiver.store.postgres") is not None
+    return importlib.util.find_spec("receiver.store.postgres.store") is not None
 
 
 def select_backends(

@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from bench import ingest_only
-from receiver.cli import main
+from receiver.cli.main import main
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
-from receiver.store.sqlite import SQLiteStore
+from receiver.store.sqlite.store import SQLiteStore
 
 
 async def _answer_at_once(

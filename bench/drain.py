@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bench.backends import Backend, backends_for
 from bench.e2e import service_env, serving, settle
 from bench.report import Row
-from receiver.events import to_new_events
+from receiver.hubspot.payload import to_new_events
 from receiver.store.factory import make_store
 from tests.fakes.hubspot import DEFAULT_TOKEN, FakeHubSpot
 from tests.support.servers import running_server

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from receiver import dispatcher
-from receiver.cli import main
+from receiver.cli.main import main
+from receiver.dispatch import dispatcher
 
 
 def _paused_start(self: dispatcher.Dispatcher) -> None:

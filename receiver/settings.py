@@ -1,7 +1,7 @@
 """Settings: ``STAGESYNC_*`` environment variables over an optional TOML file.
 
 The environment wins over the file. Problems are collected and raised together as
-one :class:`~receiver.exceptions.ConfigError`, one line per problem, so start-up can
+one :class:`~receiver.errors.ConfigError`, one line per problem, so start-up can
 print them all and stop without a traceback.
 """
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from receiver.exceptions import ConfigError
+from receiver.errors import ConfigError
 
 ENV_PREFIX = "STAGESYNC_"
 DEFAULT_LEAD_STAGES = ["lead", "marketingqualifiedlead", "salesqualifiedlead"]

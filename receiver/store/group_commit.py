@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from receiver.models import NewEvent
+from receiver.ops.tasks import cancel_and_wait
 from receiver.store.base import IngestResult
 from receiver.store.health import CommitHealth
-from receiver.tasks import cancel_and_wait
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from receiver.exceptions import StoreError
+from receiver.errors import StoreError
 
 WINDOW_S = 30.0
 # SQLSTATE classes that say the database itself cannot do the work, not one request's

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from receiver.exceptions import UpstreamError
+from receiver.errors import UpstreamError
 from receiver.models import Kind
 
 
@@ -37,7 +37,7 @@ class UpsertResult:
 class Target(Protocol):
     """A CRM that stagesync upserts Leads and Contacts into.
 
-    Errors are raised as :mod:`receiver.exceptions` types: ``RateLimited``,
+    Errors are raised as :mod:`receiver.errors` types: ``RateLimited``,
     ``TransientError`` (retry later) or ``PermanentError`` (fail the event).
     """
 

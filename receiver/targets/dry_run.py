@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from receiver.exceptions import UpstreamError
+from receiver.errors import UpstreamError
 from receiver.models import Kind
 from receiver.store.base import EventStore
 from receiver.targets.base import UpsertRequest, UpsertResult

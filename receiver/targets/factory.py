@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import httpx
 
-from receiver.logging import get_logger
-from receiver.metrics import Metrics
+from receiver.ops.logging import get_logger
+from receiver.ops.metrics import Metrics
 from receiver.settings import Settings
 from receiver.store.base import EventStore
 from receiver.targets.base import Target
@@ -57,7 +57,7 @@ def make_target(
 ) -> Target:
     """The target named by ``settings.target``, wired to its collaborators."""
     if settings.target == "salesforce":
-        from receiver.targets.salesforce import SalesforceConfig, SalesforceTarget
+        from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
 
         config = SalesforceConfig(
             instance_url=settings.salesforce_instance_url,

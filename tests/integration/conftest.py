@@ -20,7 +20,7 @@ import pytest
 
 from receiver.store.base import EventStore
 from receiver.store.factory import make_store
-from receiver.store.postgres import PostgresStore
+from receiver.store.postgres.store import PostgresStore
 
 DSN_ENV = "STAGESYNC_TEST_POSTGRES_DSN"
 SKIP_REASON = f"{DSN_ENV} is not set: the PostgreSQL store tests need a database"

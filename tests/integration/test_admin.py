@@ -15,8 +15,8 @@ import pytest
 from starlette.applications import Starlette
 from structlog.testing import capture_logs
 
-from receiver.app import create_app
-from receiver.exceptions import PermanentError, TransientError
+from receiver.errors import PermanentError, TransientError
+from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.support.clock import Clock
 from tests.support.servers import running_server

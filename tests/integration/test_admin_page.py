@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 from structlog.testing import capture_logs
 
-from receiver.app import create_app
-from receiver.auth import COOKIE_NAME, SESSION_S
-from receiver.exceptions import PermanentError
+from receiver.errors import PermanentError
+from receiver.web.app import create_app
+from receiver.web.auth import COOKIE_NAME, SESSION_S
 from tests.conftest import SECRET, build_settings
 from tests.support.clock import Clock
 from tests.support.servers import running_server

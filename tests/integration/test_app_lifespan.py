@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver import app as app_module
-from receiver.app import create_app
+from receiver.web import app as app_module
+from receiver.web.app import create_app
 from tests.conftest import build_settings
 
 

@@ -15,9 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from receiver.app import create_app
-from receiver.exceptions import PermanentError
+from receiver.errors import PermanentError
 from receiver.models import EventFilter
+from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.support.servers import running_server
 from tests.support.webhooks import event, signed

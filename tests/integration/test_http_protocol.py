@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from receiver.http_protocol import LimitedHttpToolsProtocol
+from receiver.web.http_protocol import LimitedHttpToolsProtocol
 from tests.support.servers import free_port
 
 

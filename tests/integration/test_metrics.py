@@ -15,8 +15,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from receiver.app import create_app
-from receiver.dispatcher import STALL_S
+from receiver.dispatch.dispatcher import STALL_S
+from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.fakes.hubspot import DEFAULT_TOKEN, create_fake_hubspot
 from tests.support.clock import Clock

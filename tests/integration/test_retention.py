@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver import retention
-from receiver.app import create_app
-from receiver.events import to_new_events
-from receiver.exceptions import PermanentError
+from receiver.errors import PermanentError
+from receiver.hubspot.payload import to_new_events
 from receiver.models import EventFilter, Outcome
+from receiver.ops import retention
 from receiver.store.factory import make_store
+from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.support.clock import Clock
 from tests.support.servers import running_server

@@ -22,10 +22,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from receiver.app import create_app
 from receiver.models import OPEN_STATES, EventFilter, StoredEvent
 from receiver.store.base import EventStore
-from receiver.targets.salesforce_fields import PLACEHOLDER
+from receiver.targets.salesforce.fields import PLACEHOLDER
+from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.fakes.hubspot import DEFAULT_TOKEN, FakeHubSpot
 from tests.fakes.salesforce import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, FakeSalesforce

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.exceptions import (
+from receiver.errors import (
     AuthExpired,
     PermanentError,
     RateLimited,
@@ -17,8 +17,8 @@ from receiver.exceptions import (
     UpstreamError,
 )
 from receiver.targets.base import UpsertRequest, UpsertResult
-from receiver.targets.salesforce import SalesforceConfig, SalesforceTarget
-from receiver.targets.salesforce_fields import PLACEHOLDER
+from receiver.targets.salesforce.fields import PLACEHOLDER
+from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
 from tests.fakes.salesforce import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, FakeSalesforce
 from tests.support.servers import running_server
 

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from receiver.events import to_new_events
-from receiver.exceptions import ConfigError, StoreError
+from receiver.errors import ConfigError, StoreError
+from receiver.hubspot.payload import to_new_events
 from receiver.models import EventFilter
-from receiver.store import sqlite_dispatch, sqlite_ingest
+from receiver.store.sqlite import dispatch as sqlite_dispatch
+from receiver.store.sqlite import ingest as sqlite_ingest
 from receiver.store.base import IngestResult
-from receiver.store.sqlite import SQLiteStore, _check_writable
-from receiver.store.sqlite_dispatch import _DUE_CONTACTS, contact_events_sql
-from receiver.store.sqlite_ingest import GroupRows, group_rows, insert_group
-from receiver.store.sqlite_schema import CONTACT_MATCH, MIGRATIONS, migrate
-from receiver.store.sqlite_thread import connect
+from receiver.store.sqlite.dispatch import _DUE_CONTACTS, contact_events_sql
+from receiver.store.sqlite.ingest import GroupRows, group_rows, insert_group
+from receiver.store.sqlite.schema import CONTACT_MATCH, MIGRATIONS, migrate
+from receiver.store.sqlite.store import SQLiteStore, _check_writable
+from receiver.store.sqlite.thread import connect
 from tests.support.webhooks import event
 
 NOW = 1_700_000_000.0
@@ -258,8 +259,8 @@ def synchronous(conn: sqlite3.Connection) -> int:
 async def test_bookkeeping_commits_skip_the_flush_and_replays_and_webhooks_keep_it(
     tmp_path: Path,
 ) -> None:
-    from receiver.store.sqlite_thread import SQLiteWriter
-    from receiver.store.write_lock import WriteLock
+    from receiver.store.sqlite.thread import SQLiteWriter
+    from receiver.store.sqlite.write_lock import WriteLock
 
     writer = SQLiteWriter(str(tmp_path / "sync.db"), WriteLock())
     await writer.open()

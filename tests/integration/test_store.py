@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from receiver.events import to_new_events
-from receiver.exceptions import ConfigError, StoreError
+from receiver.errors import ConfigError, StoreError
+from receiver.hubspot.payload import to_new_events
 from receiver.models import (
     ClaimedContact,
     ContactState,
@@ -25,7 +25,7 @@ from receiver.models import (
     Outcome,
 )
 from receiver.store.base import EventStore, IngestResult
-from receiver.store.postgres import PostgresStore
+from receiver.store.postgres.store import PostgresStore
 from tests.integration.conftest import Backend, with_query
 from tests.support.webhooks import event
 

@@ -16,13 +16,13 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from receiver.app import create_app
-from receiver.context import AppContext
-from receiver.events import to_new_events
-from receiver.exceptions import PermanentError, TransientError
+from receiver.errors import PermanentError, TransientError
+from receiver.hubspot.payload import to_new_events
 from receiver.models import EventFilter, StoredEvent
 from receiver.store.factory import make_store
 from receiver.targets.base import Target, UpsertRequest, UpsertResult
+from receiver.web.app import create_app
+from receiver.web.context import AppContext
 from tests.conftest import SECRET, build_settings
 from tests.fakes.hubspot import ALWAYS, DEFAULT_TOKEN, FakeHubSpot, create_fake_hubspot
 from tests.support.servers import running_server

@@ -20,11 +20,11 @@ import httpx
 import orjson
 import pytest
 
-from receiver.events import to_new_events
+from receiver.hubspot.payload import to_new_events
 from receiver.models import Outcome
 from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
 from receiver.store.base import IngestResult
-from receiver.store.postgres import PostgresStore
+from receiver.store.postgres.store import PostgresStore
 from tests.conftest import SECRET
 from tests.support.process import ServiceProcess, run_cli, service_env
 from tests.support.webhooks import event, signed

@@ -18,10 +18,10 @@ import pytest
 import structlog
 from hubspot.utils.signature import Signature  # type: ignore[import-untyped]
 
-from receiver.app import create_app
-from receiver.context import AppContext
-from receiver.logging import StdlibHandler, configure_logging
 from receiver.models import EventFilter, StoredEvent
+from receiver.ops.logging import StdlibHandler, configure_logging
+from receiver.web.app import create_app
+from receiver.web.context import AppContext
 from tests.conftest import SECRET, build_settings
 from tests.support.servers import running_server
 from tests.support.webhooks import event, signed

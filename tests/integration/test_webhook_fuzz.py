@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.types import ASGIApp
 
-from receiver.app import create_app
-from receiver.signature import sign_v1, sign_v2, sign_v3
+from receiver.hubspot.signature import sign_v1, sign_v2, sign_v3
+from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.support.servers import free_port
 

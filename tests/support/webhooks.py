@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from receiver.signature import sign_v3
+from receiver.hubspot.signature import sign_v3
 
 _ids = itertools.count(1_000_000)
 

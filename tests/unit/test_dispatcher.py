@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from receiver.dispatcher import Dispatcher
-from receiver.events import to_new_events
-from receiver.exceptions import RateLimited
-from receiver.jobs import WAITING_CODE
-from receiver.mapping import hubspot_properties
+from receiver.dispatch.dispatcher import Dispatcher
+from receiver.dispatch.work import WAITING_CODE
+from receiver.errors import RateLimited
+from receiver.hubspot.payload import to_new_events
 from receiver.models import StoredEvent
-from receiver.retry import RetryPolicy
-from receiver.rules import RoutingConfig
 from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
-from receiver.testing import (
+from receiver.sync.mapping import hubspot_properties
+from receiver.sync.retry import RetryPolicy
+from receiver.sync.rules import RoutingConfig
+from tests.fakes.doubles import (
     InMemoryStore,
     ScriptedTarget,
     permanent,
@@ -76,7 +76,7 @@ class Rig:
             store=self.store,
             target=self.target,
             hubspot=kw.pop("hubspot", None),
-            routing=RoutingConfig(  # as receiver.app builds it
+            routing=RoutingConfig(  # as receiver.web.app builds it
                 frozenset(DEFAULT_LEAD_STAGES),
                 frozenset(DEFAULT_CONTACT_STAGES),
                 on_delete,

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.events import BadBatch, parse_body, to_new_events
+from receiver.hubspot.payload import BadBatch, parse_body, to_new_events
 from receiver.models import NewEvent
 from tests.support.webhooks import event
 

@@ -16,15 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.exceptions import (
+from receiver.errors import (
     AuthExpired,
     PermanentError,
     RateLimited,
     TransientError,
     UpstreamError,
 )
-from receiver.hubspot import HubSpotClient
-from receiver.ratelimit import RequestPacer
+from receiver.hubspot.client import HubSpotClient
+from receiver.hubspot.pacer import RequestPacer
 from tests.fakes.hubspot import ALWAYS, FakeHubSpot, create_fake_hubspot
 from tests.support.servers import running_server
 

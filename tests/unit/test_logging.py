@@ -19,9 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from receiver import webhook
-from receiver.app import create_app
-from receiver.logging import (
+from receiver.ops.logging import (
     QUIET_LIBRARIES,
     REDACTED,
     RequestIdMiddleware,
@@ -29,6 +27,8 @@ from receiver.logging import (
     configure_logging,
     get_logger,
 )
+from receiver.web import webhook
+from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.fakes.hubspot import create_fake_hubspot
 from tests.support.process import ServiceProcess, service_env

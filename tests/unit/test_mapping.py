@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from receiver.mapping import LIFECYCLE_STAGE, hubspot_properties, map_fields, merge_mapping
+from receiver.sync.mapping import LIFECYCLE_STAGE, hubspot_properties, map_fields, merge_mapping
 from receiver.targets.dry_run import DEFAULT_MAPPING
 
 DEFAULTS = {"FirstName": "firstname", "LastName": "lastname", "Email": "email"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.metrics import status_class
+from receiver.ops.metrics import status_class
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.numbers import MAX_INT64, parse_length, parse_uint
+from receiver.web.numbers import MAX_INT64, parse_length, parse_uint
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.hubspot import DAILY_RECHECK_S, rate_limit_delay
-from receiver.ratelimit import RequestPacer
+from receiver.hubspot.client import DAILY_RECHECK_S, rate_limit_delay
+from receiver.hubspot.pacer import RequestPacer
 
 # 2024-03-10 23:58:00 UTC: two minutes before midnight
 BEFORE_MIDNIGHT = datetime(2024, 3, 10, 23, 58, tzinfo=UTC).timestamp()

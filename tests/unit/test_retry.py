@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from receiver.dispatcher import classify
-from receiver.exceptions import (
+from receiver.dispatch.dispatcher import classify
+from receiver.errors import (
     AuthExpired,
     PermanentError,
     RateLimited,
@@ -16,7 +16,7 @@ from receiver.exceptions import (
     UpstreamError,
 )
 from receiver.models import StoredEvent
-from receiver.retry import RetryPolicy
+from receiver.sync.retry import RetryPolicy
 
 POLICY = RetryPolicy(base_s=5.0, max_s=3600.0, max_attempts=10)
 NOW = 1_700_000_000.0

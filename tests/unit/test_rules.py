@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from receiver.events import to_new_events
+from receiver.hubspot.payload import to_new_events
 from receiver.models import ContactState, StoredEvent
-from receiver.rules import (
+from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
+from receiver.sync.rules import (
     RoutingConfig,
     decide,
     event_action,
@@ -20,7 +21,6 @@ from receiver.rules import (
     stage_sets_overlap,
     webhook_properties,
 )
-from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
 from tests.support.webhooks import event as webhook_event
 
 CONFIG = RoutingConfig(frozenset(DEFAULT_LEAD_STAGES), frozenset(DEFAULT_CONTACT_STAGES))

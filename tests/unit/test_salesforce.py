@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from receiver.exceptions import (
+from receiver.errors import (
     AuthExpired,
     PermanentError,
     RateLimited,
@@ -19,8 +19,8 @@ from receiver.exceptions import (
     UpstreamError,
 )
 from receiver.targets.base import UpsertRequest, UpsertResult
-from receiver.targets.salesforce import SalesforceConfig, SalesforceTarget
-from receiver.targets.salesforce_fields import PLACEHOLDER
+from receiver.targets.salesforce.fields import PLACEHOLDER
+from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
 
 INSTANCE = "https://acme.my.salesforce.com"
 TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import httpx
 
-from receiver.exceptions import PermanentError, RateLimited, TransientError
+from receiver.errors import PermanentError, RateLimited, TransientError
 from receiver.targets.base import UpsertResult
-from receiver.targets.salesforce_errors import (
+from receiver.targets.salesforce.errors import (
     classify_error,
     parse_limit_info,
     record_result,
     response_error,
 )
-from receiver.targets.salesforce_fields import PLACEHOLDER, default_mapping, prepare_fields
+from receiver.targets.salesforce.fields import PLACEHOLDER, default_mapping, prepare_fields
 
 
 def scrub(text: str) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.exceptions import ConfigError
+from receiver.errors import ConfigError
 from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES, load_settings
 from tests.conftest import SECRET
 from tests.support.process import run_cli

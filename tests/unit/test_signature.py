@@ -9,8 +9,8 @@ from hubspot.utils.signature import Signature  # type: ignore[import-untyped]
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.exceptions import SignatureError
-from receiver.signature import hmac_sha256, sign_v1, sign_v2, sign_v3, verify
+from receiver.errors import SignatureError
+from receiver.hubspot.signature import hmac_sha256, sign_v1, sign_v2, sign_v3, verify
 
 # Documented examples (developers.hubspot.com v1/v2 request validation pages, and the
 # SDK's own v3 test).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from receiver.store.sqlite_checkpoint import Progress, checkpoint, next_interval
+from receiver.store.sqlite.checkpoint import Progress, checkpoint, next_interval
 
 ACTIVE, IDLE = 0.05, 0.25
 

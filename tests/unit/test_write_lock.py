@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from receiver.store.write_lock import WriteLock
+from receiver.store.sqlite.write_lock import WriteLock
 
 
 def waiter(lock: WriteLock, urgent: bool, order: list[str], name: str) -> threading.Thread:

@@ -1,0 +1,53 @@
+"""The JSON shapes of events and records, shared by the admin API and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from receiver.models import HistoryEntry, StoredEvent, TargetRecord
+from receiver.ops.status import iso
+
+
+def event_json(event: StoredEvent) -> dict[str, Any]:
+    """An event as the SPEC shows it."""
+    last_error = None
+    if event.last_error_code is not None or event.last_error_message is not None:
+        last_error = {"code": event.last_error_code, "message": event.last_error_message}
+    return {
+        "id": event.id,
+        "state": event.state,
+        "reason": event.reason,
+        "object_id": event.object_id,
+        "subscription_type": event.subscription_type,
+        "stage": event.stage,
+        "attempts": event.attempts,
+        "last_error": last_error,
+        "received_at": iso(event.received_at),
+        "updated_at": iso(event.updated_at),
+        "target_kind": event.target_kind,
+        "target_id": event.target_id,
+        "raw": event.raw,
+    }
+
+
+def history_json(history: Sequence[HistoryEntry]) -> list[dict[str, Any]]:
+    """An event's attempts."""
+    out = []
+    for h in history:
+        err = None
+        if h.error_code is not None or h.error_message is not None:
+            err = {"code": h.error_code, "message": h.error_message}
+        out.append({"at": iso(h.at), "outcome": h.outcome, "error": err})
+    return out
+
+
+def record_json(record: TargetRecord) -> dict[str, Any]:
+    """A dry-run record as ``stagesync records --json`` prints it."""
+    return {
+        "hubspot_id": record.hubspot_id,
+        "kind": record.kind,
+        "target_id": record.target_id,
+        "fields": record.fields,
+        "upserted_at": iso(record.upserted_at),
+    }

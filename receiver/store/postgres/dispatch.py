@@ -1,0 +1,101 @@
+"""The dispatcher's PostgreSQL transactions: claiming contacts and recording rounds.
+
+A claim locks each candidate contact's lease row with ``FOR UPDATE SKIP LOCKED`` and
+gives it an owner and an expiry in one transaction, so two instances never hold one
+contact. A record writes outcomes, history and contact state and releases the leases in
+one transaction.
+
+Both commit with ``synchronous_commit = off``: they are bookkeeping, not acknowledged
+writes, so they do not make the webhook commits queue behind a WAL flush of their own.
+A crash of the database server may lose the last of them (never a webhook's: each
+webhook commit flushes the WAL written before it); the contacts are then synced again,
+the SPEC's "crash between an upsert and its commit", and upserts are idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
+from receiver.store.postgres import sql as q
+from receiver.store.postgres.schema import OPEN_SQL
+from receiver.store.rows import EVENT_COLUMNS, claimed_contacts, history_rows
+
+# How many open events a claim looks at per contact it may take (as the SQLite store).
+CLAIM_SCAN_PER_CONTACT = 5
+BOOKKEEPING = "SET LOCAL synchronous_commit = off"
+CLAIM_TRIES = 3
+CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at"
+
+
+async def claim(
+    pool: Any, owner: str, now: float, lease_s: float, max_contacts: int
+) -> list[ClaimedContact]:
+    """Lease up to ``max_contacts`` contacts with due events, oldest first."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(BOOKKEEPING)
+        ids = await _lease(conn, owner, now, lease_s, max_contacts)
+        if not ids:
+            return []
+        rows = await conn.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE object_id = ANY($1::bigint[])"
+            f" AND {OPEN_SQL} AND next_attempt_at <= $2 ORDER BY occurred_at, id",
+            ids,
+            now,
+        )
+        states = {
+            r[0]: ContactState(*r)
+            for r in await conn.fetch(
+                f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE object_id = ANY($1::bigint[])",
+                ids,
+            )
+        }
+    return claimed_contacts(ids, rows, states)
+
+
+async def _lease(conn: Any, owner: str, now: float, lease_s: float, max_contacts: int) -> list[int]:
+    for _ in range(CLAIM_TRIES):
+        # Twice as many candidates as wanted: some may be mid-claim by another instance.
+        candidates = [
+            r[0]
+            for r in await conn.fetch(
+                q.CLAIM_CANDIDATES, now, CLAIM_SCAN_PER_CONTACT * max_contacts, max_contacts * 2
+            )
+        ]
+        if not candidates:
+            return []
+        await conn.execute(q.CLAIM_ENSURE, candidates)
+        rows = await conn.fetch(q.CLAIM_TAKE, candidates, now, max_contacts, owner, now + lease_s)
+        taken = {r[0] for r in rows}
+        if taken:
+            return [i for i in candidates if i in taken]
+        # Every candidate was taken by another instance since our snapshot: look again,
+        # the next statement's snapshot sees their leases.
+    return []
+
+
+async def record(
+    pool: Any,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    contacts: Sequence[ContactUpdate],
+    release: Sequence[int],
+    now: float,
+) -> None:
+    """Record outcomes and contact state, and release leases, in one transaction."""
+    updates = q.merge_outcomes(outcomes)
+    history = history_rows(outcomes)
+    contact_rows = q.contact_rows(contacts)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(BOOKKEEPING)
+        if updates:
+            await conn.execute(q.RECORD_EVENTS, *q.columns(updates, 11), now)
+        if history:
+            await conn.execute(q.RECORD_HISTORY, *q.columns(history, 4), now)
+        if contact_rows:
+            await conn.execute(q.RECORD_CONTACTS, *q.columns(contact_rows, 5), now)
+        if release:
+            await conn.execute(q.RELEASE, sorted(set(release)), owner)
+        if any(o.state == "synced" for o in outcomes):
+            await conn.execute(q.MARK_SYNCED, now)

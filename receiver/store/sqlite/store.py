@@ -1,0 +1,345 @@
+"""The SQLite event store: WAL, ``synchronous=FULL``, group commit.
+
+Every write holds the store's :class:`WriteLock`, so transactions never interleave, and
+each transaction is one plain function run in one thread hop on a plain ``sqlite3``
+connection: webhook ingest has a connection and a thread of its own
+(:mod:`receiver.store.sqlite.ingest`) and commits each group of requests with a single
+statement (one fsync), answering every request of the group after it; the dispatcher's
+and the CLI's writes share another (:mod:`receiver.store.sqlite.thread`, with the
+functions of :mod:`receiver.store.sqlite.dispatch` and :mod:`receiver.store.sqlite.bulk`).
+Requests arriving during a commit form the next group, so the fsync cost is shared under
+load and a lone request is never held back. Reads use a third connection (aiosqlite),
+which WAL lets run beside writes, and a fourth copies the WAL back into the database
+file (:mod:`receiver.store.sqlite.checkpoint`), so that no commit has to.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from receiver.errors import StoreError
+from receiver.models import (
+    ClaimedContact,
+    ContactState,
+    ContactUpdate,
+    EventFilter,
+    HistoryEntry,
+    NewEvent,
+    Outcome,
+    StoredEvent,
+    TargetRecord,
+)
+from receiver.store.base import IngestResult, ReplayRefusal
+from receiver.store.rows import (
+    EVENT_COLUMNS,
+    QmarkParams,
+    event_from_row,
+    filter_sql,
+    storable,
+)
+from receiver.store.sqlite import bulk as sqlite_bulk
+from receiver.store.sqlite import dispatch as sqlite_dispatch
+from receiver.store.sqlite.checkpoint import Checkpointer
+from receiver.store.sqlite.dispatch import OPEN
+from receiver.store.sqlite.ingest import SQLiteIngest
+from receiver.store.sqlite.schema import CONTACT_MATCH, migrate
+from receiver.store.sqlite.thread import PRAGMAS, SQLiteWriter, connect
+from receiver.store.sqlite.write_lock import WriteLock
+
+_WRITE_PROBE = "INSERT INTO meta(key, value) VALUES ('stagesync:write-probe', '')"
+
+
+def _check_writable(conn: sqlite3.Connection) -> None:
+    # SQLite opens a file it may not write read-only without a word, and the schema
+    # check writes nothing when it is up to date: without this, the service would start
+    # and answer every webhook 503 until restarted. The probe is rolled back.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_WRITE_PROBE)
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorname != "SQLITE_READONLY":
+            raise
+        raise StoreError(
+            "the database is read-only for this user: check the owner and mode of the file"
+            " and of its directory (SQLite writes -wal and -shm files beside it)"
+        ) from None
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def sqlite_path(database_url: str) -> str:
+    """The file path of a ``sqlite:///PATH`` URL."""
+    return database_url.removeprefix("sqlite:///")
+
+
+class SQLiteStore:
+    """:class:`~receiver.store.base.EventStore` on one SQLite file."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._r: aiosqlite.Connection | None = None
+        # Webhook commits go before the dispatcher's writes (see write_lock.py).
+        self._lock = WriteLock()
+        self._writer: SQLiteWriter | None = None
+        self._ingest: SQLiteIngest | None = None
+        self._checkpointer: Checkpointer | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _connect_reader(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            for pragma in PRAGMAS:
+                await conn.execute(pragma)
+        except BaseException:  # e.g. not a database: do not leak the connection's thread
+            await conn.close()
+            raise
+        return conn
+
+    async def open(self) -> None:
+        """Connect, migrate the schema and start the group-commit writer."""
+        try:
+            self._writer = SQLiteWriter(self.path, self._lock)
+            await self._writer.open()
+            await self._writer.run(migrate)
+            await self._writer.run(_check_writable)
+            self._r = await self._connect_reader()
+            self._ingest = SQLiteIngest(partial(connect, self.path), self._lock, self._notify)
+            await self._ingest.open()
+            self._checkpointer = Checkpointer(self.path)
+            await self._checkpointer.start()
+        except BaseException:
+            await self.close()  # leave no connection or thread behind
+            raise
+
+    async def close(self) -> None:
+        """Answer every queued webhook request, finish the write in progress, then close."""
+        if self._ingest is not None:
+            await self._ingest.close()
+            self._ingest = None
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._r is not None:
+            await self._r.close()
+            self._r = None
+
+    def add_commit_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each commit of new events."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    @property
+    def _rc(self) -> aiosqlite.Connection:
+        assert self._r is not None, "store is not open"
+        return self._r
+
+    @property
+    def _wr(self) -> SQLiteWriter:
+        assert self._writer is not None, "store is not open"
+        return self._writer
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer, or its last webhook commit failed."""
+        async with self._rc.execute("SELECT 1") as cur:
+            await cur.fetchone()
+        problem = self._ingest.health.problem() if self._ingest is not None else None
+        if problem is not None:
+            raise StoreError(f"webhook commits fail: {problem}")
+
+    # -- ingest ----------------------------------------------------------------------
+
+    async def ingest(self, events: Sequence[NewEvent], now: float) -> IngestResult:
+        """Queue events for the next group commit and wait until they are durable."""
+        assert self._ingest is not None, "store is not open"
+        return await self._ingest.ingest(events, now)
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, now: float, lease_s: float, max_contacts: int
+    ) -> list[ClaimedContact]:
+        """Lease up to ``max_contacts`` contacts with due events, oldest first.
+
+        New events are listed in the index by contact first, in the same transaction,
+        until a webhook commit waits (see :data:`sqlite_dispatch.LIST_CHUNK`).
+        """
+        return await self._wr.transaction(
+            sqlite_dispatch.claim, owner, now, lease_s, max_contacts, self._lock.contended
+        )
+
+    async def record(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        contacts: Sequence[ContactUpdate],
+        release: Sequence[int],
+        now: float,
+    ) -> None:
+        """Record outcomes and contact state, and release leases, in one transaction."""
+        outcomes, contacts = storable(outcomes, contacts)
+        await self._wr.transaction(sqlite_dispatch.record, owner, outcomes, contacts, release, now)
+
+    async def next_due_at(self, now: float) -> float | None:
+        """Earliest ``next_attempt_at`` among open events."""
+        async with self._rc.execute(f"SELECT min(next_attempt_at) FROM events WHERE {OPEN}") as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Events per state and reason, from the trigger-kept counts table."""
+        out: dict[str, dict[str, int]] = {}
+        async with self._rc.execute("SELECT state, reason, n FROM event_counts WHERE n > 0") as cur:
+            for state, reason, n in await cur.fetchall():
+                out.setdefault(state, {})[reason] = n
+        return out
+
+    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
+        """``received_at`` of the oldest open event (through the partial index)."""
+        due = "" if due_at is None else " AND next_attempt_at <= ?"
+        async with self._rc.execute(
+            f"SELECT received_at FROM events INDEXED BY events_open WHERE {OPEN}{due}"
+            " ORDER BY id LIMIT 1",
+            () if due_at is None else (due_at,),
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else None
+
+    async def last_synced_at(self) -> float | None:
+        """When an event last ended ``synced``."""
+        async with self._rc.execute("SELECT value FROM meta WHERE key = 'last_synced_at'") as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else None
+
+    async def get_event(self, event_id: int) -> StoredEvent | None:
+        """One event, or None."""
+        async with self._rc.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return event_from_row(row) if row else None
+
+    async def history(self, event_id: int) -> list[HistoryEntry]:
+        """The attempts of one event, oldest first."""
+        async with self._rc.execute(
+            "SELECT at, outcome, error_code, error_message FROM event_history"
+            " WHERE event_id = ? ORDER BY rowid",
+            (event_id,),
+        ) as cur:
+            return [HistoryEntry(*row) for row in await cur.fetchall()]
+
+    async def list_events(
+        self, flt: EventFilter, limit: int, before_id: int | None = None
+    ) -> list[StoredEvent]:
+        """Matching events, newest first, below ``before_id``."""
+        params = QmarkParams()
+        where = filter_sql(flt, params, CONTACT_MATCH)
+        if before_id is not None:
+            where += f" AND id < {params(before_id)}"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id DESC LIMIT ?"
+        async with self._rc.execute(sql, (*params.values, limit)) as cur:
+            return [event_from_row(row) for row in await cur.fetchall()]
+
+    async def count_matching(self, flt: EventFilter) -> int:
+        """How many events match."""
+        params = QmarkParams()
+        where = filter_sql(flt, params, CONTACT_MATCH)
+        async with self._rc.execute(
+            f"SELECT count(*) FROM events WHERE {where}", params.values
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def get_contact(self, object_id: int) -> ContactState | None:
+        """The sync state of one contact."""
+        async with self._rc.execute(
+            "SELECT object_id, kind, target_id, stage, last_occurred_at FROM contacts"
+            " WHERE object_id = ?",
+            (object_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return ContactState(*row) if row else None
+
+    # -- replay and purge ------------------------------------------------------------
+
+    async def replay(self, event_ids: Sequence[int], now: float) -> list[ReplayRefusal]:
+        """Send closed events back to pending; refuse open, invalid or unknown ones."""
+        refusals, replayed = await self._wr.transaction(
+            sqlite_bulk.replay, event_ids, now, durable=True
+        )
+        if replayed:
+            self._notify()
+        return refusals
+
+    async def replay_matching(
+        self,
+        flt: EventFilter,
+        now: float,
+        chunk: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Replay every closed, valid event matching ``flt``, ``chunk`` rows a transaction."""
+        total = 0
+        last_id = None
+        while True:
+            count, last_id = await self._wr.transaction(
+                sqlite_bulk.replay_chunk, flt, now, chunk, last_id, durable=True
+            )
+            if last_id is None:
+                return total
+            total += count
+            self._notify()
+            if progress is not None:
+                progress(total)
+
+    async def purge(self, flt: EventFilter, chunk: int = 1000) -> int:
+        """Delete matching events (and their history) ``chunk`` rows a transaction."""
+        total = 0
+        while True:
+            count = await self._wr.transaction(sqlite_bulk.purge_chunk, flt, chunk)
+            if count is None:
+                return total
+            total += count
+
+    # -- dry-run target records ------------------------------------------------------
+
+    async def upsert_records(
+        self, items: Sequence[tuple[str, str, dict[str, Any]]], now: float
+    ) -> list[tuple[str, bool]]:
+        """Merge fields into dry-run records ``(kind, hubspot_id, fields)``, in one commit.
+
+        Returns each record's id and whether it was created.
+        """
+        return await self._wr.transaction(sqlite_bulk.upsert_records, items, now)
+
+    async def delete_records(self, hubspot_id: str) -> int:
+        """Delete the dry-run Lead and Contact of a HubSpot id."""
+        return await self._wr.transaction(sqlite_bulk.delete_records, hubspot_id)
+
+    async def list_records(self, kind: str | None = None) -> list[TargetRecord]:
+        """What the dry-run target holds, newest upsert first."""
+        sql = "SELECT hubspot_id, kind, target_id, fields, upserted_at FROM records"
+        params: tuple[Any, ...] = ()
+        if kind:
+            sql += " WHERE kind = ?"
+            params = (kind,)
+        async with self._rc.execute(sql + " ORDER BY upserted_at DESC", params) as cur:
+            rows = await cur.fetchall()
+        return [TargetRecord(r[0], r[1], r[2], orjson.loads(r[3]), float(r[4])) for r in rows]

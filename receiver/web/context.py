@@ -1,0 +1,29 @@
+"""What the running app holds: settings, store, dispatcher, metrics, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from receiver.dispatch.dispatcher import Dispatcher
+from receiver.ops.metrics import Metrics
+from receiver.settings import Settings
+from receiver.store.base import EventStore
+from receiver.targets.base import Target
+
+
+@dataclass
+class AppContext:
+    """Built in the lifespan by :func:`receiver.web.app.create_app`; read by the routes."""
+
+    settings: Settings
+    store: EventStore
+    target: Target
+    dispatcher: Dispatcher
+    metrics: Metrics
+    clock: Callable[[], float]
+    started_at: float
+    secret: str
+    max_body: int
+    closers: list[Callable[[], Any]] = field(default_factory=list)

@@ -1,0 +1,325 @@
+"""The in-memory :class:`~receiver.store.base.EventStore` fake for unit tests.
+
+:class:`InMemoryStore` has the semantics the dispatcher relies on: due events,
+per-contact leases that only ``record`` (or time) releases, outcomes that count attempts
+and write history, and contact sync state. Import it from :mod:`tests.fakes.doubles`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from receiver.models import (
+    OPEN_STATES,
+    ClaimedContact,
+    ContactState,
+    ContactUpdate,
+    EventFilter,
+    HistoryEntry,
+    NewEvent,
+    Outcome,
+    StoredEvent,
+    TargetRecord,
+)
+from receiver.store.base import IngestResult, ReplayRefusal
+from receiver.store.rows import history_outcome
+
+
+@dataclass
+class _Row:
+    event: StoredEvent
+    next_attempt_at: float = 0.0
+    coalesced_into: int | None = None
+
+
+def _matches(event: StoredEvent, flt: EventFilter) -> bool:
+    return (
+        (flt.state is None or event.state == flt.state)
+        and (not flt.states or event.state in flt.states)
+        and (flt.object_id is None or event.object_id == flt.object_id)
+        and (flt.since is None or event.received_at >= flt.since)
+        and (flt.until is None or event.received_at < flt.until)
+    )
+
+
+class InMemoryStore:
+    """An :class:`~receiver.store.base.EventStore` in dictionaries; ``claims`` and
+    ``records`` count the calls, ``leases`` maps a contact to ``(owner, until)``."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.rows: dict[int, _Row] = {}
+        self.keys: set[bytes] = set()
+        self.history_rows: dict[int, list[HistoryEntry]] = defaultdict(list)
+        self.contacts: dict[int, ContactState] = {}
+        self.leases: dict[int, tuple[str, float]] = {}
+        self.records_held: dict[tuple[str, str], TargetRecord] = {}
+        self.claims = 0
+        self.records = 0
+        self.synced_at: float | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._next_id = 1
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    def add_commit_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each ingest and replay."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    async def ping(self) -> None:
+        """Always answers."""
+
+    # -- ingest and dispatch ---------------------------------------------------------
+
+    async def ingest(self, events: Sequence[NewEvent], now: float) -> IngestResult:
+        """Store new events, skipping duplicate keys."""
+        accepted = duplicates = invalid = 0
+        for new in events:
+            if new.dedup_key in self.keys:
+                duplicates += new.invalid_error is None
+                continue
+            self.keys.add(new.dedup_key)
+            event_id = self._next_id
+            self._next_id += 1
+            bad = new.invalid_error is not None
+            self.rows[event_id] = _Row(
+                StoredEvent(
+                    id=event_id,
+                    state="invalid" if bad else "pending",
+                    reason=None,
+                    object_id=None if bad else new.object_id,
+                    subscription_type=None if bad else new.subscription_type,
+                    occurred_at=None if bad else new.occurred_at,
+                    stage=None if bad else new.stage,
+                    attempts=0,
+                    last_error_code="invalid_event" if bad else None,
+                    last_error_message=new.invalid_error,
+                    received_at=now,
+                    updated_at=now,
+                    target_kind=None,
+                    target_id=None,
+                    raw=orjson.loads(new.raw),
+                )
+            )
+            invalid += bad
+            accepted += not bad
+        self._notify()
+        return IngestResult(accepted, duplicates, invalid)
+
+    def _leased(self, object_id: int, now: float) -> bool:
+        lease = self.leases.get(object_id)
+        return lease is not None and lease[1] > now
+
+    def _due(self, now: float) -> list[_Row]:
+        return [
+            r
+            for r in sorted(self.rows.values(), key=lambda r: r.event.id)
+            if r.event.state in OPEN_STATES and r.next_attempt_at <= now
+        ]
+
+    async def claim(
+        self, owner: str, now: float, lease_s: float, max_contacts: int
+    ) -> list[ClaimedContact]:
+        """Lease up to ``max_contacts`` unleased contacts with due events, oldest first."""
+        self.claims += 1
+        ids: list[int] = []
+        for row in self._due(now):
+            object_id = row.event.object_id
+            if object_id is None or object_id in ids or self._leased(object_id, now):
+                continue
+            ids.append(object_id)
+            if len(ids) == max_contacts:
+                break
+        due = self._due(now)
+        out = []
+        for object_id in ids:
+            self.leases[object_id] = (owner, now + lease_s)
+            events = sorted(
+                (r.event for r in due if r.event.object_id == object_id),
+                key=lambda e: (e.occurred_at or 0, e.id),
+            )
+            out.append(ClaimedContact(object_id, tuple(events), self.contacts.get(object_id)))
+        return out
+
+    async def record(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        contacts: Sequence[ContactUpdate],
+        release: Sequence[int],
+        now: float,
+    ) -> None:
+        """Apply outcomes and contact state, then release ``owner``'s leases."""
+        self.records += 1
+        for o in outcomes:
+            row = self.rows[o.event_id]
+            e = row.event
+            row.event = replace(
+                e,
+                state=o.state,
+                reason=o.reason,
+                stage=o.stage if o.stage is not None else e.stage,
+                attempts=e.attempts + (1 if o.counts_attempt else 0),
+                last_error_code=o.error_code,
+                last_error_message=o.error_message,
+                target_kind=o.target_kind or e.target_kind,
+                target_id=o.target_id or e.target_id,
+                updated_at=now,
+            )
+            row.next_attempt_at = o.next_attempt_at or 0.0
+            row.coalesced_into = o.coalesced_into
+            if o.counts_attempt:
+                self.history_rows[o.event_id].append(
+                    HistoryEntry(now, history_outcome(o.state), o.error_code, o.error_message)
+                )
+            if o.state == "synced":
+                self.synced_at = now
+        for c in contacts:
+            self.contacts[c.object_id] = ContactState(
+                c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at
+            )
+        for object_id in release:
+            if self.leases.get(object_id, ("", 0.0))[0] == owner:
+                del self.leases[object_id]
+
+    async def next_due_at(self, now: float) -> float | None:
+        """Earliest next attempt time among open events."""
+        times = [r.next_attempt_at for r in self.rows.values() if r.event.state in OPEN_STATES]
+        return min(times) if times else None
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Events per state and reason."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.rows.values():
+            reasons = out.setdefault(r.event.state, {})
+            reasons[r.event.reason or ""] = reasons.get(r.event.reason or "", 0) + 1
+        return out
+
+    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
+        """``received_at`` of the oldest open event (due by ``due_at`` when given)."""
+        times = [
+            r.event.received_at
+            for r in self.rows.values()
+            if r.event.state in OPEN_STATES and (due_at is None or r.next_attempt_at <= due_at)
+        ]
+        return min(times) if times else None
+
+    async def last_synced_at(self) -> float | None:
+        """When an event last ended ``synced``."""
+        return self.synced_at
+
+    async def get_event(self, event_id: int) -> StoredEvent | None:
+        """One event, or None."""
+        row = self.rows.get(event_id)
+        return row.event if row else None
+
+    def coalesced_into(self, event_id: int) -> int | None:
+        """The event a ``coalesced`` event rode on (not part of the protocol)."""
+        return self.rows[event_id].coalesced_into
+
+    def next_attempt_at(self, event_id: int) -> float:
+        """When an open event is due (not part of the protocol)."""
+        return self.rows[event_id].next_attempt_at
+
+    async def history(self, event_id: int) -> list[HistoryEntry]:
+        """The attempts of one event, oldest first."""
+        return list(self.history_rows.get(event_id, []))
+
+    async def list_events(
+        self, flt: EventFilter, limit: int, before_id: int | None = None
+    ) -> list[StoredEvent]:
+        """Matching events, newest first."""
+        events = [
+            r.event
+            for r in sorted(self.rows.values(), key=lambda r: -r.event.id)
+            if _matches(r.event, flt) and (before_id is None or r.event.id < before_id)
+        ]
+        return events[:limit]
+
+    async def replay(self, event_ids: Sequence[int], now: float) -> list[ReplayRefusal]:
+        """Send closed, valid events back to pending."""
+        refusals = []
+        for event_id in event_ids:
+            row = self.rows.get(event_id)
+            if row is None or row.event.state in (*OPEN_STATES, "invalid"):
+                refusals.append(ReplayRefusal(event_id, "not replayable"))
+                continue
+            e = row.event
+            row.event = replace(
+                e, state="pending", reason=None, attempt_floor=e.attempts, updated_at=now
+            )
+            row.next_attempt_at = 0.0
+        self._notify()
+        return refusals
+
+    async def replay_matching(
+        self,
+        flt: EventFilter,
+        now: float,
+        chunk: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Replay every closed event matching ``flt``."""
+        ids = [e.id for e in await self.list_events(flt, len(self.rows) + 1)]
+        refused = await self.replay(ids, now)
+        return len(ids) - len(refused)
+
+    async def count_matching(self, flt: EventFilter) -> int:
+        """How many events match."""
+        return len(await self.list_events(flt, len(self.rows) + 1))
+
+    async def purge(self, flt: EventFilter, chunk: int = 1000) -> int:
+        """Delete matching events."""
+        ids = [e.id for e in await self.list_events(flt, len(self.rows) + 1)]
+        for event_id in ids:
+            del self.rows[event_id]
+        return len(ids)
+
+    async def get_contact(self, object_id: int) -> ContactState | None:
+        """The sync state of one contact."""
+        return self.contacts.get(object_id)
+
+    # -- dry-run records -------------------------------------------------------------
+
+    async def upsert_records(
+        self, items: Sequence[tuple[str, str, dict[str, Any]]], now: float
+    ) -> list[tuple[str, bool]]:
+        """Merge fields into records."""
+        out = []
+        for kind, hubspot_id, fields in items:
+            old = self.records_held.get((hubspot_id, kind))
+            target_id = f"dry-{kind}-{hubspot_id}"
+            merged = {**(old.fields if old else {}), **fields}
+            self.records_held[(hubspot_id, kind)] = TargetRecord(
+                hubspot_id, kind, target_id, merged, now
+            )
+            out.append((target_id, old is None))
+        return out
+
+    async def delete_records(self, hubspot_id: str) -> int:
+        """Delete the records of a HubSpot id."""
+        keys = [k for k in self.records_held if k[0] == hubspot_id]
+        for key in keys:
+            del self.records_held[key]
+        return len(keys)
+
+    async def list_records(self, kind: str | None = None) -> list[TargetRecord]:
+        """Records, newest upsert first."""
+        held = [r for r in self.records_held.values() if kind is None or r.kind == kind]
+        return sorted(held, key=lambda r: -r.upserted_at)
