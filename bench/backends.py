@@ -181,7 +181,7 @@ def select_backends(
         if not dsn:
             notes.append(f"postgres skipped: give --postgres DSN or set {POSTGRES_ENV}")
         elif not postgres_store_exists():
-            notes.append("postgres skipped: receiver/store/postgres.py does not exist yet")
+            notes.append("postgres skipped: the receiver.store.postgres package is missing")
         else:
             backends.append(PostgresBackend(dsn))
     return backends, notes
