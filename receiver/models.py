@@ -9,6 +9,8 @@ Kind = Literal["lead", "contact"]
 
 STATES = ("pending", "retrying", "synced", "skipped", "failed", "invalid")
 OPEN_STATES = ("pending", "retrying")
+#: States an event may be replayed from: closed, and not malformed.
+REPLAYABLE_STATES = ("synced", "skipped", "failed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,19 +13,18 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from receiver.errors import ConfigError
+from receiver.targets.registry import CONVERTING_TARGETS, TARGET_SETTINGS, table_name
+from receiver.targets.settings import check_header_secret, check_url, secret_values, strip_secret
 
 ENV_PREFIX = "STAGESYNC_"
 DEFAULT_LEAD_STAGES = ["lead", "marketingqualifiedlead", "salesqualifiedlead"]
 DEFAULT_CONTACT_STAGES = ["opportunity", "customer", "evangelist"]
-TARGETS = ("dry-run", "salesforce")
-# Tables in the TOML file whose keys become ``<table>_<key>`` settings.
-TARGET_TABLES = ("salesforce",)
+TARGETS = tuple(TARGET_SETTINGS)
 
 StageList = Annotated[list[str], NoDecode]
 
@@ -38,26 +37,9 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
-    if value is None or value == "":
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        raise ValueError(f"not a valid {'/'.join(schemes)} URL: {value!r}")
-    return value.rstrip("/") if parts.path in ("", "/") else value
-
-
-SECRET_FIELDS = (
-    "hubspot_client_secret",
-    "hubspot_access_token",
-    "admin_token",
-    "salesforce_access_token",
-    "salesforce_client_secret",
-    "salesforce_refresh_token",
-)
-# Sent (or compared) as an HTTP header value: a space or a control character would make
-# the HTTP client fail at the first call instead of at start-up.
-HEADER_SECRET_FIELDS = ("hubspot_access_token", "admin_token", "salesforce_access_token")
+SECRET_FIELDS = ("hubspot_client_secret", "hubspot_access_token", "admin_token")
+# Sent (or compared) as an HTTP header value.
+HEADER_SECRET_FIELDS = ("hubspot_access_token", "admin_token")
 
 
 class Settings(BaseSettings):
@@ -76,7 +58,7 @@ class Settings(BaseSettings):
     lead_stages: StageList = Field(default_factory=lambda: list(DEFAULT_LEAD_STAGES))
     contact_stages: StageList = Field(default_factory=lambda: list(DEFAULT_CONTACT_STAGES))
     database_url: str = "sqlite:///stagesync.db"
-    target: Literal["dry-run", "salesforce"] = "dry-run"
+    target: str = "dry-run"
     admin_token: SecretStr | None = None
     max_attempts: int = Field(10, ge=1)
     max_body_bytes: int = Field(1_048_576, gt=0)
@@ -93,16 +75,6 @@ class Settings(BaseSettings):
     lease_s: float = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    salesforce_instance_url: str | None = None
-    salesforce_access_token: SecretStr | None = None
-    salesforce_client_id: str | None = None
-    salesforce_client_secret: SecretStr | None = None
-    salesforce_refresh_token: SecretStr | None = None
-    salesforce_token_url: str = "https://login.salesforce.com/services/oauth2/token"
-    salesforce_api_version: str = "v62.0"
-    salesforce_external_id_field: str = "HubSpot_Contact_ID__c"
-    salesforce_max_concurrency: int = Field(10, ge=1)
 
     # Decoded here rather than by pydantic-settings, whose JSON error would stop
     # validation and hide every other problem.
@@ -132,16 +104,20 @@ class Settings(BaseSettings):
             raise ValueError("must name at least one lifecycle stage")
         return list(dict.fromkeys(value))
 
-    @field_validator("hubspot_api_url", "public_url", "salesforce_instance_url")
+    # The chosen target's own settings, validated by load_settings from its table and
+    # its STAGESYNC_<TARGET>_ variables.
+    _target_settings: Any = PrivateAttr(default=None)
+
+    @field_validator("hubspot_api_url", "public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        return _check_url(value, ("http", "https"))
+        return check_url(value)
 
-    @field_validator("salesforce_token_url")
+    @field_validator("target")
     @classmethod
-    def _token_url(cls, value: str) -> str:
-        if _check_url(value, ("http", "https")) is None:
-            raise ValueError("must be an http/https URL, not empty")
+    def _known_target(cls, value: str) -> str:
+        if value not in TARGET_SETTINGS:
+            raise ValueError(f"must be one of {', '.join(TARGET_SETTINGS)}, not {value!r}")
         return value
 
     @field_validator("database_url")
@@ -158,17 +134,12 @@ class Settings(BaseSettings):
     @field_validator(*SECRET_FIELDS, mode="before")
     @classmethod
     def _strip_secret(cls, value: Any) -> Any:
-        # A secret mounted from a file usually ends with a newline.
-        return value.strip() if isinstance(value, str) else value
+        return strip_secret(value)
 
     @field_validator(*HEADER_SECRET_FIELDS)
     @classmethod
     def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
-        text = value.get_secret_value() if value is not None else ""
-        if text and not (text.isascii() and text.isprintable() and " " not in text):
-            # Never the value itself: this line is printed.
-            raise ValueError("must be printable ASCII without spaces (it is sent as a header)")
-        return value
+        return check_header_secret(value)
 
     @field_validator("hubspot_client_secret")
     @classmethod
@@ -211,29 +182,42 @@ class Settings(BaseSettings):
         token = self.hubspot_access_token
         return token.get_secret_value() if token else None
 
+    @property
+    def target_settings(self) -> Any:
+        """The chosen target's settings model, or None for a target without settings."""
+        return self._target_settings
+
     def secret_values(self) -> list[str]:
-        """Every secret value set, for log redaction."""
-        values = []
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                values.append(value.get_secret_value())
+        """Every secret value set, the target's included, for redaction."""
+        values = secret_values(self)
+        if self._target_settings is not None:
+            values += secret_values(self._target_settings)
         return values
 
 
-def _env_name(loc: tuple[Any, ...]) -> str:
+def known_env_names() -> set[str]:
+    """Every ``STAGESYNC_*`` variable a setting reads, the targets' included."""
+    names = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    for model in TARGET_SETTINGS.values():
+        if model is not None:
+            prefix = getattr(model, "env_prefix", ENV_PREFIX)
+            names |= {prefix + name.upper() for name in model.model_fields}
+    return names
+
+
+def _env_name(loc: tuple[Any, ...], prefix: str) -> str:
     if not loc:
         return "settings"
     head = str(loc[0])
-    if head == "mapping":
+    if head == "mapping" and prefix == ENV_PREFIX:
         return "[mapping." + ".".join(str(p) for p in loc[1:]) + "]" if loc[1:] else "[mapping]"
-    return ENV_PREFIX + head.upper()
+    return prefix + head.upper()
 
 
-def _problems(error: ValidationError) -> list[str]:
+def _problems(error: ValidationError, prefix: str = ENV_PREFIX) -> list[str]:
     lines = []
     for item in error.errors():
-        name = _env_name(tuple(item["loc"]))
+        name = _env_name(tuple(item["loc"]), prefix)
         if item["type"] == "missing":
             lines.append(f"{name}: required but not set")
         elif item["type"] == "extra_forbidden":
@@ -245,7 +229,7 @@ def _problems(error: ValidationError) -> list[str]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Flatten a TOML config file into setting names (``[salesforce] x`` -> ``salesforce_x``)."""
+    """A TOML config file's settings, keys in lower case; a target's table stays a table."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -257,15 +241,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"config file {path}: not UTF-8 text, as TOML must be"]) from None
     except OSError as exc:
         raise ConfigError([f"config file {path}: cannot be read ({exc.strerror})"]) from None
-    flat: dict[str, Any] = {}
+    tables = {table_name(name) for name, model in TARGET_SETTINGS.items() if model is not None}
+    values: dict[str, Any] = {}
     for key, value in data.items():
         key = key.lower()
-        if key in TARGET_TABLES and isinstance(value, dict):
-            for sub, subvalue in value.items():
-                flat[f"{key}_{sub.lower()}"] = subvalue
-        else:
-            flat[key] = value
-    return flat
+        if key in tables and isinstance(value, dict):
+            value = {sub.lower(): subvalue for sub, subvalue in value.items()}
+        values[key] = value
+    return values
 
 
 def _overlap(lead: Any, contact: Any) -> list[str]:
@@ -298,35 +281,46 @@ def _cross_checks(settings: Settings) -> list[str]:
     problems = _overlap(settings.lead_stages, settings.contact_stages)
     if settings.retry_max_s < settings.retry_base_s:
         problems.append("STAGESYNC_RETRY_MAX_S: must not be smaller than STAGESYNC_RETRY_BASE_S")
-    if settings.target == "salesforce":
-        has_token = settings.salesforce_access_token is not None
-        refresh = (
-            settings.salesforce_client_id,
-            settings.salesforce_client_secret,
-            settings.salesforce_refresh_token,
-        )
-        if not has_token and not all(refresh):
-            problems.append(
-                "STAGESYNC_SALESFORCE_ACCESS_TOKEN: required, or set CLIENT_ID, CLIENT_SECRET"
-                " and REFRESH_TOKEN for the OAuth refresh flow"
-            )
-        if has_token and not all(refresh) and any(refresh):
-            problems.append(
-                "STAGESYNC_SALESFORCE_REFRESH_TOKEN: the refresh flow needs CLIENT_ID,"
-                " CLIENT_SECRET and REFRESH_TOKEN together"
-            )
-        if settings.salesforce_instance_url is None and not has_token and not all(refresh):
-            problems.append("STAGESYNC_SALESFORCE_INSTANCE_URL: required")
-        if settings.salesforce_instance_url is None and has_token and not all(refresh):
-            problems.append(
-                "STAGESYNC_SALESFORCE_INSTANCE_URL: required with a static access token"
-            )
-    if settings.promotion == "convert":
+    if settings.target_settings is not None:
+        problems += settings.target_settings.problems()
+    if settings.promotion == "convert" and settings.target not in CONVERTING_TARGETS:
         problems.append(
             f"STAGESYNC_PROMOTION: 'convert' is not supported by the {settings.target} target;"
             " use 'create-contact'"
         )
     return problems
+
+
+def _target_settings(
+    file_values: Mapping[str, Any], tables: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[list[str], Any]:
+    """Validate each target's settings that are given, and the chosen target's always.
+
+    A table or variables for a target not chosen are still checked, so a typo there is
+    reported now rather than on the day that target is switched on.
+    """
+    chosen = str(env.get(ENV_PREFIX + "TARGET") or file_values.get("target") or "dry-run")
+    problems: list[str] = []
+    chosen_settings = None
+    for name, model in TARGET_SETTINGS.items():
+        if model is None:
+            continue
+        table = tables.get(name)
+        prefix = getattr(model, "env_prefix", ENV_PREFIX)
+        given = table is not None or any(k.startswith(prefix) for k in env)
+        if name != chosen and not given:
+            continue
+        if table is not None and not isinstance(table, dict):
+            problems.append(f"[{table_name(name)}]: must be a table")
+            continue
+        try:
+            validated = model(**(table or {}))
+        except ValidationError as exc:
+            problems += _problems(exc, prefix)
+            continue
+        if name == chosen:
+            chosen_settings = validated
+    return problems, chosen_settings
 
 
 def load_settings(
@@ -341,6 +335,11 @@ def load_settings(
     path = config_path or env.get(ENV_PREFIX + "CONFIG")
     file_values = read_toml(path) if path else {}
     file_values.pop("config", None)
+    tables = {
+        name: file_values.pop(table_name(name), None)
+        for name, model in TARGET_SETTINGS.items()
+        if model is not None
+    }
     blank = _blank_stage_lists(env)
     saved = None
     if environ is not None:
@@ -349,6 +348,7 @@ def load_settings(
             del os.environ[key]
         os.environ.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
     try:
+        target_problems, target_settings = _target_settings(file_values, tables, env)
         settings = Settings(**file_values)
     except ValidationError as exc:
         # Field errors stop validation before the cross checks; still report an overlap.
@@ -357,11 +357,15 @@ def load_settings(
         contact = raw.get("contact_stages", DEFAULT_CONTACT_STAGES)
         problems = _problems(exc)
         problems += [p for p in blank if p not in problems]
+        problems += [p for p in target_problems if p not in problems]
         raise ConfigError(problems + _overlap(lead, contact)) from None
     finally:
         if saved is not None:
             os.environ.clear()
             os.environ.update(saved)
+    settings._target_settings = target_settings
+    if target_problems:
+        raise ConfigError(blank + target_problems)
     problems = blank + _cross_checks(settings)
     if problems:
         raise ConfigError(problems)

@@ -22,11 +22,11 @@ import orjson
 from receiver.cli.store import database_label, no_work, with_store
 from receiver.errors import ConfigError
 from receiver.models import STATES, EventFilter
-from receiver.ops.presenters import event_json, history_json, record_json
-from receiver.ops.status import build_status, iso
+from receiver.ops.presenters import event_json, history_json, iso, record_json
+from receiver.ops.status import build_status
 from receiver.settings import ENV_PREFIX, Settings, load_settings
 from receiver.store.base import EventStore, split_replayable
-from receiver.web.admin.api import DEFAULT_LIMIT, MAX_LIMIT, BadParam, parse_time
+from receiver.web.admin.params import DEFAULT_LIMIT, MAX_LIMIT, BadParam, parse_time
 from receiver.web.numbers import MAX_INT64, parse_uint
 
 DEMO_SECRET = "demo-client-secret-not-for-production"

@@ -145,12 +145,8 @@ class Dispatcher:
 
     @property
     def target(self) -> Target:
-        """The CRM target the workers call (tests swap it for a scripted one)."""
+        """The CRM target the workers call."""
         return self.workers.target
-
-    @target.setter
-    def target(self, target: Target) -> None:
-        self.workers.target = target
 
     # -- lifecycle -------------------------------------------------------------------
 

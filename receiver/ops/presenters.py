@@ -1,16 +1,23 @@
-"""The JSON shapes of events and records, shared by the admin API and the CLI."""
+"""The JSON shapes of events, records and times, shared by the admin API and the CLI."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from receiver.models import HistoryEntry, StoredEvent, TargetRecord
-from receiver.ops.status import iso
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO-8601 UTC with a ``Z``, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def event_json(event: StoredEvent) -> dict[str, Any]:
-    """An event as the SPEC shows it."""
+    """An event as the admin API and ``stagesync events --json`` show it."""
     last_error = None
     if event.last_error_code is not None or event.last_error_message is not None:
         last_error = {"code": event.last_error_code, "message": event.last_error_message}

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from receiver import __version__
 from receiver.models import STATES
+from receiver.ops.presenters import iso
 from receiver.settings import Settings
 from receiver.store.base import EventStore
-
-
-def iso(ts: float | None) -> str | None:
-    """ISO-8601 UTC with a ``Z``, or None."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def build_status(

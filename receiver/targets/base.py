@@ -44,6 +44,7 @@ class Target(Protocol):
     name: str
     batch_size: int  # most records one ``upsert_batch`` call takes
     supports_convert: bool  # whether promotion = "convert" is possible
+    api_usage: tuple[int, int] | None  # the CRM's last (used, limit) report, if it sends one
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Target field -> HubSpot property, before the user's overrides."""

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from receiver.errors import UpstreamError
 from receiver.models import Kind
-from receiver.store.base import EventStore
 from receiver.targets.base import UpsertRequest, UpsertResult
 
 DEFAULT_MAPPING: dict[str, dict[str, str]] = {
@@ -36,14 +35,32 @@ DEFAULT_MAPPING: dict[str, dict[str, str]] = {
 }
 
 
+class RecordStore(Protocol):
+    """Where the dry-run target keeps its records: the service's own event store.
+
+    A port, so that targets never import the store: any ``EventStore`` fits it.
+    """
+
+    async def upsert_records(
+        self, items: Sequence[tuple[str, str, dict[str, Any]]], now: float
+    ) -> list[tuple[str, bool]]:
+        """Merge fields into records ``(kind, hubspot_id, fields)``; ids and created flags."""
+        ...
+
+    async def delete_records(self, hubspot_id: str) -> int:
+        """Delete the Lead and Contact of a HubSpot id; returns how many."""
+        ...
+
+
 class DryRunTarget:
     """A :class:`~receiver.targets.base.Target` writing to the service's own store."""
 
     name = "dry-run"
     batch_size = 200
     supports_convert = False
+    api_usage: tuple[int, int] | None = None  # our own database has no API allocation
 
-    def __init__(self, *, store: EventStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, store: RecordStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
 

@@ -28,7 +28,7 @@ from receiver.store.factory import make_store
 from receiver.sync.mapping import hubspot_properties, merge_mapping
 from receiver.sync.retry import RetryPolicy
 from receiver.sync.rules import RoutingConfig
-from receiver.targets.factory import make_target
+from receiver.targets.factory import TargetFactory, make_target
 from receiver.web import health as routes
 from receiver.web.context import AppContext
 from receiver.web.responses import error
@@ -72,7 +72,7 @@ class StagesyncApp(Starlette):
 
 
 def _routes() -> list[BaseRoute]:
-    from receiver.web.admin.api import admin_routes
+    from receiver.web.admin import admin_routes
 
     return [
         Route(WEBHOOK_PATH, routes.webhook, methods=["POST"]),
@@ -90,6 +90,7 @@ def _build_context(
     client: httpx.AsyncClient,
     metrics: Metrics,
     clock: Callable[[], float],
+    target_factory: TargetFactory,
 ) -> AppContext:
     """The clients, the target and the dispatcher around an open store."""
     hubspot = None
@@ -102,7 +103,7 @@ def _build_context(
             pacer=RequestPacer(settings.hubspot_rate_limit, 10.0),
             on_call=metrics.hubspot_call,
         )
-    target = make_target(settings, store=store, http=client, metrics=metrics)
+    target = target_factory(settings, store=store, http=client, metrics=metrics)
     mappings = {
         kind: merge_mapping(target.default_mapping(kind), settings.mapping.get(kind, {}))
         for kind in ("lead", "contact")
@@ -142,6 +143,7 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     http: httpx.AsyncClient | None = None,
+    target_factory: TargetFactory = make_target,
 ) -> Starlette:
     """Build the app; the store, clients and dispatcher start in its lifespan.
 
@@ -149,6 +151,8 @@ def create_app(
         settings: validated settings.
         clock: unix-seconds clock, injectable for tests.
         http: the client for HubSpot and the target (one is made when None).
+        target_factory: builds the target from the settings and its collaborators
+            (an embedding application may wrap or replace the configured one).
     """
 
     @asynccontextmanager
@@ -158,7 +162,7 @@ def create_app(
         await store.open()
         client = http or httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT)
         try:
-            ctx = _build_context(settings, store, client, metrics, clock)
+            ctx = _build_context(settings, store, client, metrics, clock, target_factory)
         except BaseException:
             # The store's threads would keep the process alive after the failed start.
             if http is None:

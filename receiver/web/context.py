@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from receiver.dispatch.dispatcher import Dispatcher
 from receiver.ops.metrics import Metrics
@@ -26,4 +25,3 @@ class AppContext:
     started_at: float
     secret: str
     max_body: int
-    closers: list[Callable[[], Any]] = field(default_factory=list)

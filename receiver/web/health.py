@@ -70,7 +70,7 @@ async def status(request: Request) -> Response:
     """Counts, backlog age, last sync, stages, version and uptime."""
     ctx = ctx_of(request)
     extra = {}
-    usage = getattr(ctx.target, "api_usage", None)
+    usage = ctx.target.api_usage
     if usage:
         extra["target_api_usage"] = {"used": usage[0], "limit": usage[1]}
     doc = await build_status(ctx.store, ctx.settings, ctx.clock(), ctx.started_at, extra)

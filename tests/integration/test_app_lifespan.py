@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from receiver.web import app as app_module
 from receiver.web.app import create_app
 from tests.conftest import build_settings
 
@@ -17,7 +16,7 @@ def _store_threads() -> set[str]:
 
 
 async def test_a_failed_start_closes_the_store_it_opened(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     # Its worker threads are not daemons: left open, they kept the process from exiting
     # after uvicorn's "Application startup failed".
@@ -26,8 +25,7 @@ async def test_a_failed_start_closes_the_store_it_opened(
     def broken_target(*args: object, **kwargs: object) -> None:
         raise ValueError("the target cannot be built")
 
-    monkeypatch.setattr(app_module, "make_target", broken_target)
-    app = create_app(build_settings(tmp_path))
+    app = create_app(build_settings(tmp_path), target_factory=broken_target)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cannot be built"):
         async with app.router.lifespan_context(app):
             pass

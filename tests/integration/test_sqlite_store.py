@@ -15,9 +15,9 @@ import pytest
 from receiver.errors import ConfigError, StoreError
 from receiver.hubspot.payload import to_new_events
 from receiver.models import EventFilter
+from receiver.store.base import IngestResult
 from receiver.store.sqlite import dispatch as sqlite_dispatch
 from receiver.store.sqlite import ingest as sqlite_ingest
-from receiver.store.base import IngestResult
 from receiver.store.sqlite.dispatch import _DUE_CONTACTS, contact_events_sql
 from receiver.store.sqlite.ingest import GroupRows, group_rows, insert_group
 from receiver.store.sqlite.schema import CONTACT_MATCH, MIGRATIONS, migrate

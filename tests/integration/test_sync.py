@@ -21,6 +21,7 @@ from receiver.hubspot.payload import to_new_events
 from receiver.models import EventFilter, StoredEvent
 from receiver.store.factory import make_store
 from receiver.targets.base import Target, UpsertRequest, UpsertResult
+from receiver.targets.factory import TargetFactory, make_target
 from receiver.web.app import create_app
 from receiver.web.context import AppContext
 from tests.conftest import SECRET, build_settings
@@ -81,6 +82,7 @@ async def service(
     tmp_path: Path,
     fake: FakeHubSpot | None = None,
     clock: Callable[[], float] = time.time,
+    target_factory: TargetFactory = make_target,
     **overrides: Any,
 ) -> AsyncIterator[Service]:
     async with AsyncExitStack() as stack:
@@ -88,7 +90,7 @@ async def service(
             hubspot_url = await stack.enter_async_context(running_server(fake.app))
             overrides.update(hubspot_access_token=fake.token, hubspot_api_url=hubspot_url)
         settings = build_settings(tmp_path, **overrides)
-        app = create_app(settings, clock=clock)
+        app = create_app(settings, clock=clock, target_factory=target_factory)
         base = await stack.enter_async_context(running_server(app))
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
         yield Service(app, base, http, clock)
@@ -349,6 +351,15 @@ async def test_a_daily_limit_with_retry_after_syncs_once_hubspot_allows(tmp_path
 # -- target failures -----------------------------------------------------------------------
 
 
+def flaky(failures: list[Exception]) -> TargetFactory:
+    """A target factory wrapping the configured target in a :class:`FlakyTarget`."""
+
+    def build(settings: Any, **collaborators: Any) -> Target:
+        return FlakyTarget(make_target(settings, **collaborators), failures)
+
+    return build  # type: ignore[return-value]
+
+
 class FlakyTarget:
     """The real dry-run target behind a switch that fails the next calls."""
 
@@ -358,6 +369,7 @@ class FlakyTarget:
         self.name = inner.name
         self.batch_size = inner.batch_size
         self.supports_convert = inner.supports_convert
+        self.api_usage = inner.api_usage
         self.default_mapping = inner.default_mapping
         self.delete = inner.delete
         self.aclose = inner.aclose
@@ -376,9 +388,8 @@ class FlakyTarget:
 async def test_three_transient_target_failures_then_success_end_synced_with_4_attempts(
     tmp_path: Path,
 ) -> None:
-    async with service(tmp_path, retry_base_s=0.05) as svc:
-        failures: list[Exception] = [TransientError("http_503", "unavailable") for _ in range(3)]
-        svc.ctx.dispatcher.target = FlakyTarget(svc.ctx.target, failures)
+    failures: list[Exception] = [TransientError("http_503", "unavailable") for _ in range(3)]
+    async with service(tmp_path, retry_base_s=0.05, target_factory=flaky(failures)) as svc:
         await svc.send([event(40, "lead")])
         (done,) = await svc.settle(1)
         assert (done.state, done.attempts, done.target_kind) == ("synced", 4, "lead")
@@ -390,9 +401,8 @@ async def test_three_transient_target_failures_then_success_end_synced_with_4_at
 async def test_a_permanent_target_error_fails_after_one_attempt_keeping_the_reason(
     tmp_path: Path,
 ) -> None:
-    async with service(tmp_path) as svc:
-        refusal = PermanentError("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Phone: bad format")
-        svc.ctx.dispatcher.target = FlakyTarget(svc.ctx.target, [refusal])
+    refusal = PermanentError("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Phone: bad format")
+    async with service(tmp_path, target_factory=flaky([refusal])) as svc:
         await svc.send([event(41, "lead")])
         (done,) = await svc.settle(1)
         assert (done.state, done.attempts) == ("failed", 1)

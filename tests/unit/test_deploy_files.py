@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from receiver.settings import ENV_PREFIX, Settings
+from receiver.settings import ENV_PREFIX, known_env_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy"
@@ -31,9 +31,7 @@ SYSTEMD_UNIT = DEPLOY_DIR / "systemd" / "stagesync.service"
 APP_ENDPOINTS = {"/healthz", "/readyz"}
 
 # Every environment variable the service reads: one per setting, plus the config file path.
-KNOWN_ENV_NAMES = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {
-    ENV_PREFIX + "CONFIG"
-}
+KNOWN_ENV_NAMES = known_env_names() | {ENV_PREFIX + "CONFIG"}
 
 URL_PATH_RE = re.compile(r"https?://[^/\s'\"]+(/[^\s'\"?#]*)")
 

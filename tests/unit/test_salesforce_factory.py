@@ -13,8 +13,9 @@ from receiver.ops.metrics import Metrics
 from receiver.store.factory import make_store
 from receiver.targets.base import UpsertRequest
 from receiver.targets.dry_run import DryRunTarget
-from receiver.targets.factory import UsageLogger, make_target
+from receiver.targets.factory import make_target
 from receiver.targets.salesforce.target import SalesforceTarget
+from receiver.targets.salesforce.usage import UsageLogger
 from tests.conftest import build_settings
 
 ACCESS = "00Dxx0000001gPL!FactoryAccessToken"

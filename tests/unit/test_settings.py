@@ -81,17 +81,21 @@ def test_salesforce_table_sets_salesforce_prefixed_settings(tmp_path: Path) -> N
     )
     settings = load_settings(config, BASE)
     assert settings.target == "salesforce"
-    assert settings.salesforce_instance_url == "https://acme.my.salesforce.com"
-    assert settings.salesforce_access_token is not None
-    assert settings.salesforce_access_token.get_secret_value() == "00Dxx!token"
-    assert settings.salesforce_api_version == "v61.0"
-    assert settings.salesforce_external_id_field == "HS_Id__c"
+    assert settings.target_settings.instance_url == "https://acme.my.salesforce.com"
+    assert settings.target_settings.access_token is not None
+    assert settings.target_settings.access_token.get_secret_value() == "00Dxx!token"
+    assert settings.target_settings.api_version == "v61.0"
+    assert settings.target_settings.external_id_field == "HS_Id__c"
 
 
 def test_salesforce_environment_variable_wins_over_the_salesforce_table(tmp_path: Path) -> None:
-    config = write(tmp_path, '[salesforce]\napi_version = "v60.0"\n')
+    config = write(
+        tmp_path,
+        'target = "salesforce"\n[salesforce]\napi_version = "v60.0"\n'
+        'instance_url = "https://acme.my.salesforce.com"\naccess_token = "00Dxx!token"\n',
+    )
     settings = load_settings(config, {**BASE, "STAGESYNC_SALESFORCE_API_VERSION": "v62.0"})
-    assert settings.salesforce_api_version == "v62.0"
+    assert settings.target_settings.api_version == "v62.0"
 
 
 def test_mapping_tables_are_read_with_empty_values_kept_to_remove_defaults(

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import SecretStr
 
 from receiver.errors import AuthExpired, PermanentError, TransientError, UpstreamError
 from receiver.models import Kind
@@ -52,8 +53,8 @@ from receiver.targets.salesforce.fields import (
     default_mapping,
     prepare_fields,
 )
+from receiver.targets.salesforce.settings import DEFAULT_TOKEN_URL, SalesforceSettings
 
-DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"
 #: Most records one sObject Collections call takes.
 COLLECTION_LIMIT = 200
 _MIN_COLLECTIONS_VERSION = 46.0
@@ -72,6 +73,25 @@ class SalesforceConfig:
     api_version: str = "v62.0"
     external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD
     max_concurrency: int = 10
+
+    @classmethod
+    def from_settings(cls, settings: SalesforceSettings) -> SalesforceConfig:
+        """The connection settings of the ``[salesforce]`` table and its variables."""
+
+        def reveal(secret: SecretStr | None) -> str | None:
+            return secret.get_secret_value() if secret is not None else None
+
+        return cls(
+            instance_url=settings.instance_url,
+            access_token=reveal(settings.access_token),
+            client_id=settings.client_id,
+            client_secret=reveal(settings.client_secret),
+            refresh_token=reveal(settings.refresh_token),
+            token_url=settings.token_url,
+            api_version=settings.api_version,
+            external_id_field=settings.external_id_field,
+            max_concurrency=settings.max_concurrency,
+        )
 
 
 class SalesforceTarget:

@@ -1,0 +1,13 @@
+"""The admin surface: a JSON API and a server-rendered page, behind the admin token."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from receiver.web.admin.api import api_routes
+from receiver.web.admin.page import page_routes
+
+
+def admin_routes() -> list[BaseRoute]:
+    """Routes under ``/admin``: the JSON API and the event-log page."""
+    return [*api_routes(), *page_routes()]

@@ -20,23 +20,20 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from receiver.models import OPEN_STATES, STATES, EventFilter
+from receiver.models import OPEN_STATES, REPLAYABLE_STATES, STATES, EventFilter
 from receiver.ops.logging import get_logger
 from receiver.ops.presenters import event_json, history_json
 from receiver.ops.status import build_status
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
-from receiver.web.admin.api import (
-    BadParam,
+from receiver.web.admin.actions import (
     audit,
     ctx_of,
-    filter_json,
     no_event_message,
     page_of,
-    parse_filter,
-    parse_limit,
     path_event_id,
     replay_one,
 )
+from receiver.web.admin.params import BadParam, filter_json, parse_filter, parse_limit
 from receiver.web.auth import (
     COOKIE_NAME,
     NO_TOKEN_MESSAGE,
@@ -55,7 +52,6 @@ from receiver.web.responses import error
 log = get_logger("receiver.web.admin.page")
 
 FAILED_FIRST = 20
-REPLAYABLE = ("synced", "skipped", "failed")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
@@ -84,7 +80,7 @@ _env.filters["short_time"] = _short_time
 
 
 def _render(name: str, code: int = 200, **values: Any) -> HTMLResponse:
-    html = _env.get_template(name).render(states=STATES, replayable=REPLAYABLE, **values)
+    html = _env.get_template(name).render(states=STATES, replayable=REPLAYABLE_STATES, **values)
     return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
 
 

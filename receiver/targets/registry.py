@@ -1,0 +1,26 @@
+"""The targets stagesync knows, by the name ``TARGET`` takes, with their settings models.
+
+Adding a target: its package under ``receiver/targets/``, its settings model here, and
+its constructor in :mod:`receiver.targets.factory`. Only settings models are imported
+here, so the core settings can read this without pulling in any HTTP client.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings
+
+from receiver.targets.salesforce.settings import SalesforceSettings
+
+#: Target name -> its settings model, or None for a target without settings.
+TARGET_SETTINGS: dict[str, type[BaseSettings] | None] = {
+    "dry-run": None,
+    "salesforce": SalesforceSettings,
+}
+
+#: Targets that can convert a Lead on promotion (``PROMOTION=convert``).
+CONVERTING_TARGETS: frozenset[str] = frozenset()
+
+
+def table_name(target: str) -> str:
+    """The TOML table of a target's settings: ``[salesforce]``."""
+    return target.replace("-", "_")
