@@ -25,6 +25,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check receiver tests bench
 	$(BIN)/ruff format --check receiver tests bench
 	$(BIN)/mypy --strict receiver
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest

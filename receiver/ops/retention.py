@@ -11,11 +11,11 @@ keeps everything.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Protocol
 
 from receiver.models import EventFilter
 from receiver.ops.logging import get_logger
-from receiver.store.base import EventStore
-from receiver.web.context import AppContext
 
 log = get_logger("receiver.ops.retention")
 
@@ -25,12 +25,20 @@ BATCH = 500
 DAY_S = 86400.0
 
 
+class Purger(Protocol):
+    """The one store operation retention needs (any ``EventStore`` fits)."""
+
+    async def purge(self, flt: EventFilter, chunk: int = 1000) -> int:
+        """Delete matching events and their history in chunks; returns how many."""
+        ...
+
+
 def retention_filter(now: float, days: int) -> EventFilter:
     """The events a sweep at ``now`` deletes: closed, not failed, received before the cutoff."""
     return EventFilter(states=EXPIRING_STATES, until=now - days * DAY_S)
 
 
-async def sweep(store: EventStore, now: float, days: int, batch: int = BATCH) -> int:
+async def sweep(store: Purger, now: float, days: int, batch: int = BATCH) -> int:
     """Delete expired events; returns how many."""
     deleted = await store.purge(retention_filter(now, days), chunk=batch)
     if deleted:
@@ -38,10 +46,10 @@ async def sweep(store: EventStore, now: float, days: int, batch: int = BATCH) ->
     return deleted
 
 
-async def _loop(ctx: AppContext, days: int, interval_s: float) -> None:
+async def _loop(store: Purger, clock: Callable[[], float], days: int, interval_s: float) -> None:
     while True:
         try:
-            await sweep(ctx.store, ctx.clock(), days)
+            await sweep(store, clock(), days)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -50,11 +58,12 @@ async def _loop(ctx: AppContext, days: int, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-def start_retention(ctx: AppContext) -> list[asyncio.Task[None]]:
-    """Start the retention task (none when ``retention_days`` is 0); returns the tasks."""
-    days = int(ctx.settings.retention_days)
+def start_retention(
+    store: Purger, clock: Callable[[], float], days: int
+) -> list[asyncio.Task[None]]:
+    """Start the retention task (none when ``days`` is 0); returns the tasks."""
     if days <= 0:
         log.info("retention_disabled")
         return []
     # INTERVAL_S is read here, not bound as a default, so tests can shorten it.
-    return [asyncio.create_task(_loop(ctx, days, INTERVAL_S), name="retention")]
+    return [asyncio.create_task(_loop(store, clock, days, INTERVAL_S), name="retention")]

@@ -2,18 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from receiver import __version__
 from receiver.models import STATES
 from receiver.ops.presenters import iso
-from receiver.settings import Settings
-from receiver.store.base import EventStore
+
+
+class StatusSettings(Protocol):
+    """The settings the status shows (``receiver.settings.Settings`` fits)."""
+
+    @property
+    def target(self) -> str:
+        """The target's name."""
+        ...
+
+    @property
+    def lead_stages(self) -> list[str]:
+        """Stages synced as Leads."""
+        ...
+
+    @property
+    def contact_stages(self) -> list[str]:
+        """Stages synced as Contacts."""
+        ...
+
+
+class StatusSource(Protocol):
+    """What the status figures read from the event store (any ``EventStore`` fits).
+
+    A port, so that operations code sits below the store rather than beside it.
+    """
+
+    name: str
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Events per state, then per reason."""
+        ...
+
+    async def oldest_open_received_at(self) -> float | None:
+        """When the oldest pending or retrying event was received."""
+        ...
+
+    async def last_synced_at(self) -> float | None:
+        """When an event last ended ``synced``."""
+        ...
 
 
 async def build_status(
-    store: EventStore,
-    settings: Settings,
+    store: StatusSource,
+    settings: StatusSettings,
     now: float,
     started_at: float | None = None,
     extra: dict[str, Any] | None = None,

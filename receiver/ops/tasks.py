@@ -1,4 +1,9 @@
-"""Stopping the service's background tasks, the same way everywhere."""
+"""Stopping background tasks: cancel, then wait for each to finish.
+
+The app's background loops and the stores' helper tasks stop this way. The dispatcher
+stops its own tasks with a repeated cancel and a bounded wait instead, because a worker
+may be inside a call that absorbs one cancellation and it must still release its leases.
+"""
 
 from __future__ import annotations
 

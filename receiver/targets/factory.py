@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
 from receiver.ops.metrics import Metrics
-from receiver.settings import Settings
 from receiver.targets.base import Target
 from receiver.targets.dry_run import DryRunTarget, RecordStore
 
@@ -16,19 +15,33 @@ class TargetFactory(Protocol):
     """Builds a target: :func:`make_target`'s signature."""
 
     def __call__(
-        self, settings: Settings, *, store: RecordStore, http: httpx.AsyncClient, metrics: Metrics
+        self,
+        name: str,
+        config: Any,
+        *,
+        store: RecordStore,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
     ) -> Target: ...
 
 
 def make_target(
-    settings: Settings, *, store: RecordStore, http: httpx.AsyncClient, metrics: Metrics
+    name: str,
+    config: Any,
+    *,
+    store: RecordStore,
+    http: httpx.AsyncClient,
+    metrics: Metrics,
 ) -> Target:
-    """The target named by ``settings.target``, wired to its collaborators."""
-    if settings.target == "salesforce":
+    """The target called ``name`` with its settings model ``config``, wired to its collaborators.
+
+    ``name`` and ``config`` are ``Settings.target`` and ``Settings.target_settings``.
+    """
+    if name == "salesforce":
         from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
         from receiver.targets.salesforce.usage import UsageLogger
 
-        config = SalesforceConfig.from_settings(settings.target_settings)
+        config = SalesforceConfig.from_settings(config)
         return SalesforceTarget(
             config=config, http=http, on_call=metrics.target_call, on_limit_info=UsageLogger()
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +21,8 @@ from receiver.hubspot.client import HubSpotClient
 from receiver.hubspot.pacer import RequestPacer
 from receiver.ops.logging import RequestIdMiddleware, get_logger
 from receiver.ops.metrics import Metrics
+from receiver.ops.retention import start_retention
+from receiver.ops.tasks import cancel_and_wait
 from receiver.settings import Settings
 from receiver.store.base import EventStore
 from receiver.store.factory import make_store
@@ -103,7 +104,9 @@ def _build_context(
             pacer=RequestPacer(settings.hubspot_rate_limit, 10.0),
             on_call=metrics.hubspot_call,
         )
-    target = target_factory(settings, store=store, http=client, metrics=metrics)
+    target = target_factory(
+        settings.target, settings.target_settings, store=store, http=client, metrics=metrics
+    )
     mappings = {
         kind: merge_mapping(target.default_mapping(kind), settings.mapping.get(kind, {}))
         for kind in ("lead", "contact")
@@ -183,9 +186,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await cancel_and_wait(background)
             await dispatcher.stop()
             await target.aclose()
             if http is None:
@@ -203,6 +204,4 @@ def create_app(
 
 
 def _start_background(ctx: AppContext) -> list[Any]:
-    from receiver.ops.retention import start_retention
-
-    return start_retention(ctx)
+    return start_retention(ctx.store, ctx.clock, int(ctx.settings.retention_days))

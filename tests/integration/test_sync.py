@@ -354,8 +354,8 @@ async def test_a_daily_limit_with_retry_after_syncs_once_hubspot_allows(tmp_path
 def flaky(failures: list[Exception]) -> TargetFactory:
     """A target factory wrapping the configured target in a :class:`FlakyTarget`."""
 
-    def build(settings: Any, **collaborators: Any) -> Target:
-        return FlakyTarget(make_target(settings, **collaborators), failures)
+    def build(name: str, config: Any, **collaborators: Any) -> Target:
+        return FlakyTarget(make_target(name, config, **collaborators), failures)
 
     return build  # type: ignore[return-value]
 

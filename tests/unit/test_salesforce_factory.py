@@ -77,7 +77,9 @@ async def test_make_target_wires_salesforce_settings_metrics_and_usage_log(
     metrics = Metrics()
     store = make_store(settings.database_url)
     async with httpx.AsyncClient(transport=httpx.MockTransport(salesforce)) as http:
-        target = make_target(settings, store=store, http=http, metrics=metrics)
+        target = make_target(
+            settings.target, settings.target_settings, store=store, http=http, metrics=metrics
+        )
         assert isinstance(target, SalesforceTarget)
         assert target.config.max_concurrency == 3
         assert ACCESS not in repr(target)
@@ -98,6 +100,10 @@ async def test_make_target_wires_salesforce_settings_metrics_and_usage_log(
 async def test_make_target_defaults_to_dry_run(tmp_path: Path, http: httpx.AsyncClient) -> None:
     settings = build_settings(tmp_path)
     target = make_target(
-        settings, store=make_store(settings.database_url), http=http, metrics=Metrics()
+        settings.target,
+        settings.target_settings,
+        store=make_store(settings.database_url),
+        http=http,
+        metrics=Metrics(),
     )
     assert isinstance(target, DryRunTarget)
