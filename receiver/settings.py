@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from receiver.errors import ConfigError
 from receiver.targets.registry import CONVERTING_TARGETS, TARGET_SETTINGS, table_name
-from receiver.targets.settings import check_header_secret, check_url, secret_values, strip_secret
+from receiver.targets.settings import (
+    EnvOverFileSettings,
+    check_header_secret,
+    check_url,
+    secret_values,
+    strip_secret,
+)
 
 ENV_PREFIX = "STAGESYNC_"
 DEFAULT_LEAD_STAGES = ["lead", "marketingqualifiedlead", "salesqualifiedlead"]
@@ -42,7 +48,7 @@ SECRET_FIELDS = ("hubspot_client_secret", "hubspot_access_token", "admin_token")
 HEADER_SECRET_FIELDS = ("hubspot_access_token", "admin_token")
 
 
-class Settings(BaseSettings):
+class Settings(EnvOverFileSettings):
     """Every setting of stagesync; see the README's configuration table."""
 
     model_config = SettingsConfigDict(
@@ -79,18 +85,6 @@ class Settings(BaseSettings):
     # Decoded here rather than by pydantic-settings, whose JSON error would stop
     # validation and hide every other problem.
     mapping: Annotated[dict[str, dict[str, str]], NoDecode] = Field(default_factory=dict)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Values given to the constructor come from the TOML file: the environment wins.
-        return (env_settings, init_settings)
 
     @field_validator("lead_stages", "contact_stages", mode="before")
     @classmethod

@@ -11,6 +11,22 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+
+class EnvOverFileSettings(BaseSettings):
+    """Settings whose constructor values come from the TOML file, and the environment wins."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
 
 
 class TargetSettings(Protocol):

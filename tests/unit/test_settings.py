@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from receiver.errors import ConfigError
-from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES, load_settings
+from receiver.settings import (
+    DEFAULT_CONTACT_STAGES,
+    DEFAULT_LEAD_STAGES,
+    known_env_names,
+    load_settings,
+)
 from tests.conftest import SECRET
 from tests.support.process import run_cli
 
@@ -400,3 +405,42 @@ def test_serve_with_bad_settings_exits_1_without_traceback(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
     assert "STAGESYNC_HUBSPOT_CLIENT_SECRET: required but not set" in result.stderr
     assert "STAGESYNC_CONTACT_STAGES: must name at least one lifecycle stage" in result.stderr
+
+
+# -- target settings ---------------------------------------------------------------------
+
+
+def test_an_unknown_target_is_refused_naming_the_targets_there_are() -> None:
+    [line] = problems(**BASE, STAGESYNC_TARGET="hubspot")
+    assert line.startswith("STAGESYNC_TARGET: must be one of dry-run, salesforce")
+
+
+def test_a_misspelt_key_in_a_target_table_is_reported_even_when_another_target_runs(
+    tmp_path: Path,
+) -> None:
+    config = write(tmp_path, '[salesforce]\ninstance_ulr = "https://acme.my.salesforce.com"\n')
+    assert problems(config, **BASE) == ["STAGESYNC_SALESFORCE_INSTANCE_ULR: unknown setting"]
+
+
+def test_the_dry_run_target_has_no_target_settings() -> None:
+    assert load_settings(None, BASE).target_settings is None
+
+
+def test_target_secrets_are_among_the_secret_values_to_redact() -> None:
+    settings = load_settings(
+        None,
+        {
+            **BASE,
+            "STAGESYNC_TARGET": "salesforce",
+            "STAGESYNC_SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com",
+            "STAGESYNC_SALESFORCE_ACCESS_TOKEN": "00Dxx!sf-token",
+        },
+    )
+    assert "00Dxx!sf-token" in settings.secret_values()
+    assert SECRET in settings.secret_values()
+
+
+def test_known_environment_names_include_each_targets_own_variables() -> None:
+    names = known_env_names()
+    assert {"STAGESYNC_TARGET", "STAGESYNC_SALESFORCE_INSTANCE_URL"} <= names
+    assert "STAGESYNC_INSTANCE_URL" not in names

@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from receiver.targets.salesforce.fields import DEFAULT_EXTERNAL_ID_FIELD
-from receiver.targets.settings import check_header_secret, check_url, strip_secret
+from receiver.targets.settings import (
+    EnvOverFileSettings,
+    check_header_secret,
+    check_url,
+    strip_secret,
+)
 
 DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"
 
 
-class SalesforceSettings(BaseSettings):
+class SalesforceSettings(EnvOverFileSettings):
     """Where the org is and how stagesync signs in to it."""
 
     model_config = SettingsConfigDict(
@@ -30,18 +35,6 @@ class SalesforceSettings(BaseSettings):
     api_version: str = "v62.0"
     external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD
     max_concurrency: int = Field(10, ge=1)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Values given to the constructor come from the TOML table: the environment wins.
-        return (env_settings, init_settings)
 
     @field_validator("instance_url")
     @classmethod
