@@ -98,13 +98,14 @@ def first_copies(
         valid = 0
         for ev in events:
             key = ev.dedup_key
+            if key in seen:
+                valid += ev.invalid_error is None
+                continue
+            seen.add(key)
+            fresh.append(ev)
             if ev.invalid_error is None:
                 valid += 1
-                if key not in seen:
-                    firsts.append(key)
-            if key not in seen:
-                seen.add(key)
-                fresh.append(ev)
+                firsts.append(key)
         news.append(fresh)
         tally.firsts.append(firsts)
         tally.valid.append(valid)
