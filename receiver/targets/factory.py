@@ -32,4 +32,10 @@ def make_target(
         return SalesforceTarget(
             config=config, http=http, on_call=metrics.target_call, on_limit_info=UsageLogger()
         )
+    if settings.target == "webhook":
+        from receiver.targets.webhook.target import WebhookTarget
+
+        return WebhookTarget(
+            settings=settings.target_settings, http=http, on_call=metrics.target_call
+        )
     return DryRunTarget(store=store)

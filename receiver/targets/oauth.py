@@ -39,6 +39,9 @@ import httpx
 import structlog
 
 from receiver.errors import AuthExpired, PermanentError, RateLimited, TransientError, UpstreamError
+from receiver.targets.http import json_or_none, retry_after, status_class
+
+__all__ = ["Token", "TokenSource", "json_or_none", "status_class"]
 
 log = structlog.get_logger(__name__)
 
@@ -59,27 +62,6 @@ class Token:
     generation: int
     expires_at: float | None = None  # on the source's clock; None: until refused
     extras: Mapping[str, str] = field(default_factory=dict)
-
-
-def status_class(status: int) -> str:
-    """``"2xx"``, ``"4xx"`` or ``"5xx"`` for an HTTP status (``3xx`` counts as ``4xx``).
-
-    Salesforce's only 3xx is ``300``, a key matching several records: a failed call
-    the client must fix, so it is counted with the client errors.
-    """
-    if 200 <= status < 300:
-        return "2xx"
-    if status >= 500:
-        return "5xx"
-    return "4xx"
-
-
-def json_or_none(response: httpx.Response) -> Any:
-    """The answer's JSON, or None when it has none."""
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 #: What a target does when it cannot refresh: the error to raise, given the stale token.
@@ -254,7 +236,7 @@ class TokenSource:
             raise RateLimited(
                 "http_429",
                 f"the {self.label} token endpoint asked to slow down",
-                _retry_after(response),
+                retry_after(response),
             )
         if status >= 500 or status == 408:
             raise TransientError(
@@ -294,13 +276,6 @@ class TokenSource:
     def _count(self, status: str) -> None:
         if self._on_call is not None:
             self._on_call(status)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return None
 
 
 def _oauth_error(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
