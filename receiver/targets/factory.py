@@ -32,6 +32,12 @@ def make_target(
         return SalesforceTarget(
             config=config, http=http, on_call=metrics.target_call, on_limit_info=UsageLogger()
         )
+    if settings.target == "dynamics":
+        from receiver.targets.dynamics.target import DynamicsTarget
+
+        return DynamicsTarget(
+            settings=settings.target_settings, http=http, on_call=metrics.target_call
+        )
     if settings.target == "webhook":
         from receiver.targets.webhook.target import WebhookTarget
 

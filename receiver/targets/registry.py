@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings
 
+from receiver.targets.dynamics.settings import DynamicsSettings
 from receiver.targets.salesforce.settings import SalesforceSettings
 from receiver.targets.webhook.settings import WebhookSettings
 
@@ -16,6 +17,7 @@ from receiver.targets.webhook.settings import WebhookSettings
 TARGET_SETTINGS: dict[str, type[BaseSettings] | None] = {
     "dry-run": None,
     "salesforce": SalesforceSettings,
+    "dynamics": DynamicsSettings,
     "webhook": WebhookSettings,
 }
 
