@@ -38,6 +38,10 @@ def make_target(
         return DynamicsTarget(
             settings=settings.target_settings, http=http, on_call=metrics.target_call
         )
+    if settings.target == "zoho":
+        from receiver.targets.zoho.target import ZohoTarget
+
+        return ZohoTarget(settings=settings.target_settings, http=http, on_call=metrics.target_call)
     if settings.target == "webhook":
         from receiver.targets.webhook.target import WebhookTarget
 
