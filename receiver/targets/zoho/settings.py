@@ -80,6 +80,7 @@ class ZohoSettings(BaseSettings):
             problems.append("STAGESYNC_ZOHO_CLIENT_SECRET: required (the self client's secret)")
         if self.refresh_token is None:
             problems.append(
-                "STAGESYNC_ZOHO_REFRESH_TOKEN: required (granted for ZohoCRM.modules.ALL)"
+                "STAGESYNC_ZOHO_REFRESH_TOKEN: required (a self client's, for the Leads and"
+                " Contacts scopes)"
             )
         return problems
