@@ -53,6 +53,8 @@ class FakeWebhookReceiver:
     rejected: dict[str, str] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
     message_ids: Counter[str] = field(default_factory=Counter)
+    #: (webhook-id, payload) of every correctly signed POST, refused ones included
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     peak: int = 0
@@ -86,6 +88,7 @@ class FakeWebhookReceiver:
         except WebhookVerificationError as exc:
             self.calls["bad_signature"] += 1
             return JSONResponse({"error": str(exc)}, status_code=401)
+        self.received.append((request.headers["webhook-id"], payload))
         if self.failure == "hang":
             await asyncio.sleep(self.hang_s)
         if self.failure == "rate_limit":
