@@ -53,9 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--tg-batch", type=int, default=100, help="events per request (100)")
     group.add_argument("--tg-connections", type=int, default=10, help="connections (10)")
+    group.add_argument(
+        "--tg-dispatch-concurrency",
+        type=int,
+        default=None,
+        help="the service's DISPATCH_CONCURRENCY (default: the service's own, 4)",
+    )
 
 
-def _env(adapter: Adapter, database_url: str, secret: str, hubspot_url: str) -> dict[str, str]:
+def _env(
+    adapter: Adapter, database_url: str, secret: str, hubspot_url: str, concurrency: int | None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGESYNC_")}
     env.update(
         {
@@ -68,6 +76,8 @@ def _env(adapter: Adapter, database_url: str, secret: str, hubspot_url: str) -> 
         }
     )
     env.update({f"STAGESYNC_{k.upper()}": v for k, v in adapter.env().items()})
+    if concurrency is not None:
+        env["STAGESYNC_DISPATCH_CONCURRENCY"] = str(concurrency)
     return env
 
 
@@ -93,27 +103,25 @@ def _all_calls(adapter: Adapter) -> int:
     return sum(n for kind, n in calls.items() if kind not in ("refused", "unauthorized"))
 
 
-async def _measure(name: str, backend: Backend, burst: Burst, args: argparse.Namespace) -> Row:
+async def _measure(
+    name: str, backend: Backend, url: str, burst: Burst, args: argparse.Namespace
+) -> Row:
     adapter = ADAPTERS[name]()
     adapter.fake.latency_s = args.tg_latency
     hubspot = FakeHubSpot(contacts=burst.contacts)
-    url = backend.fresh_url()
-    try:
-        async with AsyncExitStack() as stack:
-            hubspot_url = await stack.enter_async_context(running_server(hubspot.app))
-            await adapter.serve(stack)
-            env = _env(adapter, url, args.secret, hubspot_url)
-            server = await stack.enter_async_context(_service(env, args.workdir))
-            limits = httpx.Limits(max_connections=args.tg_connections + 1)
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=30, limits=limits))
-            base = server.url.removesuffix(servers.WEBHOOK_PATH)
-            started = time.monotonic()
-            await _send(http, server.url, burst, args.secret, args.tg_connections)
-            acked = time.monotonic() - started
-            status = await settle(http, base, burst.events, SETTLE_TIMEOUT_S, POLL_S)
-            elapsed = time.monotonic() - started
-    finally:
-        backend.drop(url)
+    async with AsyncExitStack() as stack:
+        hubspot_url = await stack.enter_async_context(running_server(hubspot.app))
+        await adapter.serve(stack)
+        env = _env(adapter, url, args.secret, hubspot_url, args.tg_dispatch_concurrency)
+        server = await stack.enter_async_context(_service(env, args.workdir))
+        limits = httpx.Limits(max_connections=args.tg_connections + 1)
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30, limits=limits))
+        base = server.url.removesuffix(servers.WEBHOOK_PATH)
+        started = time.monotonic()
+        await _send(http, server.url, burst, args.secret, args.tg_connections)
+        acked = time.monotonic() - started
+        status = await settle(http, base, burst.events, SETTLE_TIMEOUT_S, POLL_S)
+        elapsed = time.monotonic() - started
     sizes = adapter.upsert_sizes()
     counts: dict[str, int] = status["counts"]
     skipped = Counter(status.get("skipped_by_reason") or {})
@@ -125,6 +133,7 @@ async def _measure(name: str, backend: Backend, burst: Burst, args: argparse.Nam
         "events": burst.events,
         "contacts": contacts,
         "fake ms": round(args.tg_latency * 1000),
+        "workers": args.tg_dispatch_concurrency or 4,
         "upsert calls": len(sizes),
         "all calls": total,
         "calls/contact": f"{total / contacts:.4f}",
@@ -149,7 +158,12 @@ def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     for name in names:
         for backend in backends_for(args):
-            row = asyncio.run(_measure(name, backend, burst, args))
+            # Outside the event loop: the PostgreSQL backend runs its own to make a database.
+            url = backend.fresh_url()
+            try:
+                row = asyncio.run(_measure(name, backend, url, burst, args))
+            finally:
+                backend.drop(url)
             print(
                 f"bench: targets {name} {backend.name}: {row['all calls']} calls,"
                 f" {row['calls/contact']} per contact, {row['e2e s']:.2f} s end to end,"
