@@ -301,6 +301,8 @@ async def test_a_rate_limit_delays_without_using_an_attempt(
         stored = await service.latest(121)
         assert (stored.state, stored.attempts) == ("synced", 1)
         assert [h.outcome for h in await service.store.history(stored.id)] == ["synced"]
+        if adapter.retry_after_s is not None:  # the next attempt waited for Retry-After
+            assert stored.updated_at - limited.updated_at >= adapter.retry_after_s - 0.01
 
 
 @pytest.mark.parametrize(("mode", "code"), [("unavailable", None), ("hang", "timeout")])

@@ -41,6 +41,8 @@ class Adapter:
     reject_message: str
     rate_code: str
     unavailable_code: str
+    #: the ``Retry-After`` its fake sends with a rate limit (Salesforce's limit has none)
+    retry_after_s: float | None = 1.0
     fake: Any = None
     url: str = "http://127.0.0.1:9"  # until serve() starts the fake
     #: kind -> HubSpot id -> fields the target adds of its own (a Lead's subject)
@@ -103,6 +105,7 @@ class SalesforceAdapter(Adapter):
             reject_message="Email domain is not allowed",
             rate_code="REQUEST_LIMIT_EXCEEDED",
             unavailable_code="SERVER_UNAVAILABLE",
+            retry_after_s=None,
             fake=FakeSalesforce(),
         )
 
