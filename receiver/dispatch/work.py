@@ -25,7 +25,7 @@ from receiver.sync.rules import (
     stage_from_webhook,
     webhook_properties,
 )
-from receiver.targets.base import UpsertRequest, UpsertResult
+from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
 
 WAITING_CODE = "waiting"
 
@@ -131,7 +131,9 @@ class Job:
         # A record of this kind exists already: the upsert updates it, and fields the
         # events did not carry must not be overwritten with placeholders.
         exists = state is not None and state.kind == kind and bool(state.target_id)
-        self.request = UpsertRequest(kind, str(self.object_id), fields, may_create=not exists)
+        self.request = UpsertRequest(
+            kind, str(self.object_id), fields, may_create=not exists, event=event_ref(carrier)
+        )
 
     def synced(self, result: UpsertResult) -> None:
         """The upsert succeeded: the carrier is ``synced`` and the contact state moves on."""
@@ -227,3 +229,8 @@ class Job:
         if now is None:
             return before
         return max(before, now)
+
+
+def event_ref(event: StoredEvent) -> EventRef:
+    """What a target may know of the event it carries out."""
+    return EventRef(event.id, event.occurred_at, event.attempt_floor)

@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from receiver.dispatch.work import Job
+from receiver.dispatch.work import Job, event_ref
 from receiver.errors import RateLimited, UpstreamError
 from receiver.ops.logging import get_logger
 from receiver.targets.base import Target, UpsertResult
@@ -132,7 +132,7 @@ class TargetWorkers:
         event = job.plan.delete
         assert event is not None
         try:
-            count = await self.target.delete(str(job.object_id))
+            count = await self.target.delete(str(job.object_id), event=event_ref(event))
         except Exception as exc:
             self._fail([job], exc)
             return

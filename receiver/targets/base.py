@@ -11,6 +11,21 @@ from receiver.models import Kind
 
 
 @dataclass(frozen=True, slots=True)
+class EventRef:
+    """The stored event a target call carries out.
+
+    ``id`` is stagesync's event id, ``occurred_at`` HubSpot's ``occurredAt`` (ms) and
+    ``delivery`` how many attempts came before its last replay: together they name one
+    delivery of one event, which a target may pass on (the webhook target's
+    ``webhook-id``) so that its receiver can drop repeats.
+    """
+
+    id: int
+    occurred_at: int | None = None
+    delivery: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class UpsertRequest:
     """One record to upsert: ``fields`` are already mapped to target field names.
 
@@ -24,6 +39,7 @@ class UpsertRequest:
     hubspot_id: str
     fields: Mapping[str, Any]
     may_create: bool = True
+    event: EventRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +79,11 @@ class Target(Protocol):
         """
         ...
 
-    async def delete(self, hubspot_id: str) -> int:
-        """Delete every record (Lead and Contact) for a HubSpot id; returns how many."""
+    async def delete(self, hubspot_id: str, *, event: EventRef | None = None) -> int:
+        """Delete every record (Lead and Contact) for a HubSpot id; returns how many.
+
+        A record that is absent counts as deleted already (it adds nothing to the count).
+        """
         ...
 
     async def aclose(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from receiver.errors import UpstreamError
 from receiver.models import Kind
-from receiver.targets.base import UpsertRequest, UpsertResult
+from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
 
 DEFAULT_MAPPING: dict[str, dict[str, str]] = {
     "lead": {
@@ -85,7 +85,7 @@ class DryRunTarget:
         results = await self.store.upsert_records(items, self.clock())
         return [UpsertResult(target_id, created) for target_id, created in results]
 
-    async def delete(self, hubspot_id: str) -> int:
+    async def delete(self, hubspot_id: str, *, event: EventRef | None = None) -> int:
         """Delete the Lead and the Contact of a HubSpot id."""
         return await self.store.delete_records(hubspot_id)
 

@@ -45,4 +45,16 @@ def make_target(
         return SalesforceTarget(
             config=config, http=http, on_call=metrics.target_call, on_limit_info=UsageLogger()
         )
+    if name == "dynamics":
+        from receiver.targets.dynamics.target import DynamicsTarget
+
+        return DynamicsTarget(settings=config, http=http, on_call=metrics.target_call)
+    if name == "zoho":
+        from receiver.targets.zoho.target import ZohoTarget
+
+        return ZohoTarget(settings=config, http=http, on_call=metrics.target_call)
+    if name == "webhook":
+        from receiver.targets.webhook.target import WebhookTarget
+
+        return WebhookTarget(settings=config, http=http, on_call=metrics.target_call)
     return DryRunTarget(store=store)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings
 
+from receiver.targets.dynamics.settings import DynamicsSettings
 from receiver.targets.salesforce.settings import SalesforceSettings
+from receiver.targets.webhook.settings import WebhookSettings
+from receiver.targets.zoho.settings import ZohoSettings
 
 #: Target name -> its settings model, or None for a target without settings.
 TARGET_SETTINGS: dict[str, type[BaseSettings] | None] = {
     "dry-run": None,
     "salesforce": SalesforceSettings,
+    "dynamics": DynamicsSettings,
+    "zoho": ZohoSettings,
+    "webhook": WebhookSettings,
 }
 
 #: Targets that can convert a Lead on promotion (``PROMOTION=convert``).

@@ -15,7 +15,7 @@ from typing import Any
 
 from receiver.errors import PermanentError, RateLimited, TransientError, UpstreamError
 from receiver.models import Kind
-from receiver.targets.base import UpsertRequest, UpsertResult
+from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
 
 
 def transient(code: str = "http_503", retry_after: float | None = None) -> TransientError:
@@ -117,7 +117,7 @@ class ScriptedTarget:
         await self._enter([r.hubspot_id for r in requests])
         return [self._one(r) for r in requests]
 
-    async def delete(self, hubspot_id: str) -> int:
+    async def delete(self, hubspot_id: str, *, event: EventRef | None = None) -> int:
         """Drop both records of ``hubspot_id``."""
         self.delete_calls += 1
         await self._enter([hubspot_id])

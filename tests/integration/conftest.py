@@ -101,6 +101,16 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield Backend("postgres", dsn)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each real database in turn, for tests that run the whole service on it."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp_path / 'service.db'}")
+        return
+    async with fresh_schema(postgres_dsn()) as dsn:
+        yield Backend("postgres", dsn)
+
+
 @pytest.fixture
 async def store(backend: Backend) -> AsyncIterator[EventStore]:
     """An open store on a clean database, closed after the test."""

@@ -38,7 +38,7 @@ from pydantic import SecretStr
 
 from receiver.errors import AuthExpired, PermanentError, TransientError, UpstreamError
 from receiver.models import Kind
-from receiver.targets.base import UpsertRequest, UpsertResult
+from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
 from receiver.targets.salesforce.auth import Session, TokenSource, status_class
 from receiver.targets.salesforce.errors import (
     first_error,
@@ -203,7 +203,7 @@ class SalesforceTarget:
                 )
         return [result for result in results if result is not None]
 
-    async def delete(self, hubspot_id: str) -> int:
+    async def delete(self, hubspot_id: str, *, event: EventRef | None = None) -> int:
         """Delete the Lead and the Contact with this HubSpot id; returns how many existed."""
         counts = await asyncio.gather(
             *(self._delete_one(obj, hubspot_id) for obj in OBJECTS.values())
