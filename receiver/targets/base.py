@@ -46,6 +46,11 @@ class Target(Protocol):
     supports_convert: bool  # whether promotion = "convert" is possible
     api_usage: tuple[int, int] | None  # the CRM's last (used, limit) report, if it sends one
 
+    def api_status(self) -> dict[str, Any] | None:
+        """``{"used", "limit", "paused"}``: the CRM's API allocation as last reported and
+        whether calls are held back for it; None for a target without one."""
+        ...
+
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Target field -> HubSpot property, before the user's overrides."""
         ...

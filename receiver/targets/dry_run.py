@@ -64,6 +64,10 @@ class DryRunTarget:
         self.store = store
         self.clock = clock
 
+    def api_status(self) -> dict[str, Any] | None:
+        """None: our own database has no API allocation."""
+        return None
+
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Salesforce-like field names, plus the lifecycle stage for visibility."""
         return dict(DEFAULT_MAPPING[kind])

@@ -123,6 +123,7 @@ class FakeSalesforce:
                     self._record,
                     methods=["GET", "PATCH", "DELETE"],
                 ),
+                Route("/services/data/{version}/limits", self._limits, methods=["GET"]),
                 Route(
                     "/services/data/{version}/composite/sobjects/{obj}/{field}",
                     self._collection,
@@ -132,6 +133,12 @@ class FakeSalesforce:
         )
 
     # -- switches and helpers for tests ------------------------------------------------
+
+    def set_usage(self, used: int, limit: int | None = None) -> None:
+        """Set the org's daily API use (and limit) that the next answers report."""
+        self.api_used = used
+        if limit is not None:
+            self.api_limit = limit
 
     def revoke_token(self) -> None:
         """Make every access token issued so far answer 401 ``INVALID_SESSION_ID``."""
@@ -201,7 +208,38 @@ class FakeSalesforce:
     # -- REST API -----------------------------------------------------------------------
 
     async def _guard(self, request: Request, kind: str, body: Any) -> Response | None:
-        """Latency, the call log, auth and the org-wide switches, in Salesforce's order."""
+        """Auth and the call log, then the org-wide switches, in Salesforce's order."""
+        refused = await self._authorize(request, kind, body)
+        if refused is not None:
+            return refused
+        if self.limit_exceeded:
+            return self._answer(LIMIT_EXCEEDED, 403)
+        if self.unavailable:
+            return self._answer(UNAVAILABLE, 503)
+        obj, fld = request.path_params["obj"], request.path_params.get("field")
+        if obj not in ID_PREFIXES or fld not in (None, self.external_id_field):
+            return self._answer(NOT_FOUND, 404)
+        if obj in self.failing_objects:
+            status = self.failing_objects[obj]
+            return self._answer(UNAVAILABLE if status == 503 else INVALID_FIELD, status)
+        return None
+
+    async def _limits(self, request: Request) -> Response:
+        """``GET /limits``: ``DailyApiRequests`` ``Max`` and ``Remaining``, among others."""
+        refused = await self._authorize(request, "limits")
+        if refused is not None:
+            return refused
+        daily = {"Max": self.api_limit, "Remaining": max(0, self.api_limit - self.api_used)}
+        return self._answer(
+            {
+                "DailyApiRequests": daily,
+                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+                "DataStorageMB": {"Max": 1024, "Remaining": 1000},
+            }
+        )
+
+    async def _authorize(self, request: Request, kind: str, body: Any = None) -> Response | None:
+        """Latency, the call log, auth and the org's request count, for any REST call."""
         await asyncio.sleep(self.latency_s)
         self.calls[kind] += 1
         auth = request.headers.get("authorization")
@@ -210,16 +248,6 @@ class FakeSalesforce:
         if token not in self._valid_tokens:
             return JSONResponse(SESSION_EXPIRED, status_code=401)
         self.api_used += 1
-        if self.limit_exceeded:
-            return self._answer(LIMIT_EXCEEDED, 403)
-        if self.unavailable:
-            return self._answer(UNAVAILABLE, 503)
-        obj, fld = request.path_params["obj"], request.path_params["field"]
-        if obj not in ID_PREFIXES or fld != self.external_id_field:
-            return self._answer(NOT_FOUND, 404)
-        if obj in self.failing_objects:
-            status = self.failing_objects[obj]
-            return self._answer(UNAVAILABLE if status == 503 else INVALID_FIELD, status)
         if self._version(request) is None:
             return self._answer(NOT_FOUND, 404)
         return None

@@ -335,9 +335,10 @@ async def test_status_shows_salesforce_api_usage(start: ServiceFactory) -> None:
         response = await service.http.get(f"{service.url}/status")
         status = response.json()
         assert status["target"] == "salesforce"
-        assert status["target_api_usage"] == {
+        assert status["target_api"] == {
             "used": service.salesforce.api_used,
             "limit": service.salesforce.api_limit,
+            "paused": False,
         }
         assert service.salesforce.access_token not in response.text
 
@@ -531,3 +532,42 @@ async def test_burst_of_1000_contacts_costs_about_5_to_10_salesforce_calls(
         # Four calls of 100 start at once (one per worker, one claim each); what piles
         # up meanwhile goes 200 a call: 7 when claims keep up, 10 at most (one a claim).
         assert 5 <= calls <= 10, f"{calls} calls ({dict(fake.calls)}) in {elapsed:.2f} s"
+
+
+# -- API budget --------------------------------------------------------------------------
+
+
+async def test_api_budget_pauses_salesforce_calls_and_resumes_without_using_attempts(
+    start: ServiceFactory,
+) -> None:
+    contacts = {n: person("lead", lastname="Doe", company="ACME") for n in (901, 902)}
+    overrides = {"salesforce_api_budget": 0.8, "salesforce_api_budget_recheck_s": 0.5}
+    async with start(contacts=contacts, **overrides) as service:
+        fake = service.salesforce
+        fake.set_usage(13_000, 15_000)
+        await service.send([event(901, "lead")])
+        await service.settled([901])  # its answer reported 13,001 of 15,000: above 80%
+        status = (await service.http.get(f"{service.url}/status")).json()
+        assert status["target_api"] == {"used": 13_001, "limit": 15_000, "paused": True}
+        metrics = (await service.http.get(f"{service.url}/metrics")).text
+        assert f"stagesync_target_api_usage_ratio {13_001 / 15_000}" in metrics
+
+        await service.send([event(902, "lead")])
+
+        async def held_back() -> bool:
+            stored = await service.only_event(902)
+            return stored.last_error_code == "API_BUDGET" and fake.calls["limits"] >= 2
+
+        await wait_until(held_back)  # rechecked twice, still above: no upsert meanwhile
+        waiting = await service.only_event(902)
+        assert (waiting.state, waiting.attempts) == ("retrying", 0)
+        assert fake.record("Lead", "902") is None
+        assert fake.calls["upsert"] + fake.calls["collection_upsert"] == 1
+
+        fake.set_usage(2_000)  # the rolling 24 hours moved on
+        await service.settled([902])
+        stored = await service.only_event(902)
+        assert (stored.state, stored.attempts) == ("synced", 1)
+        assert [h.outcome for h in await service.store.history(stored.id)] == ["synced"]
+        status = (await service.http.get(f"{service.url}/status")).json()
+        assert status["target_api"]["paused"] is False

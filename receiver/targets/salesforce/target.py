@@ -28,18 +28,21 @@ A record's error inside a collection answer is classified the same way by its
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import structlog
 from pydantic import SecretStr
 
 from receiver.errors import AuthExpired, PermanentError, TransientError, UpstreamError
 from receiver.models import Kind
 from receiver.targets.base import UpsertRequest, UpsertResult
 from receiver.targets.salesforce.auth import Session, TokenSource, status_class
+from receiver.targets.salesforce.budget import RECHECK_S, ApiBudget
 from receiver.targets.salesforce.errors import (
     first_error,
     json_or_none,
@@ -54,6 +57,8 @@ from receiver.targets.salesforce.fields import (
     prepare_fields,
 )
 from receiver.targets.salesforce.settings import DEFAULT_TOKEN_URL, SalesforceSettings
+
+log = structlog.get_logger(__name__)
 
 #: Most records one sObject Collections call takes.
 COLLECTION_LIMIT = 200
@@ -73,6 +78,10 @@ class SalesforceConfig:
     api_version: str = "v62.0"
     external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD
     max_concurrency: int = 10
+    api_budget: float = 0.8
+    api_budget_recheck_s: float = RECHECK_S
+    converted_status: str | None = None
+    bulk_threshold: int = 2000
 
     @classmethod
     def from_settings(cls, settings: SalesforceSettings) -> SalesforceConfig:
@@ -91,6 +100,10 @@ class SalesforceConfig:
             api_version=settings.api_version,
             external_id_field=settings.external_id_field,
             max_concurrency=settings.max_concurrency,
+            api_budget=settings.api_budget,
+            api_budget_recheck_s=settings.api_budget_recheck_s,
+            converted_status=settings.converted_status,
+            bulk_threshold=settings.bulk_threshold,
         )
 
 
@@ -114,6 +127,7 @@ class SalesforceTarget:
         http: httpx.AsyncClient,
         on_call: Callable[[str], None] | None = None,
         on_limit_info: Callable[[int, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self._http = http
@@ -135,6 +149,10 @@ class SalesforceTarget:
             on_call=self._count,
         )
         self.api_usage: tuple[int, int] | None = None
+        self.budget = ApiBudget(
+            config.api_budget, recheck_s=config.api_budget_recheck_s, clock=clock
+        )
+        self._budget_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"SalesforceTarget(config={self.config!r})"
@@ -143,6 +161,10 @@ class SalesforceTarget:
     def token_refreshes(self) -> int:
         """How many times a new access token was fetched."""
         return self._tokens.refreshes
+
+    def api_status(self) -> dict[str, Any] | None:
+        """The org's daily API use as last reported, and whether calls are paused."""
+        return self.budget.status()
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Salesforce field -> HubSpot property, before the user's overrides."""
@@ -285,6 +307,31 @@ class SalesforceTarget:
         *,
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
+        await self._check_budget()
+        return await self._authorized(method, path, body, params=params)
+
+    async def _check_budget(self) -> None:
+        """Raise ``RateLimited`` while the API budget is exceeded, re-checking when due."""
+        if not self.budget.paused:
+            return
+        async with self._budget_lock:
+            if self.budget.recheck_due():
+                response = await self._authorized("GET", f"/services/data/{self._version}/limits")
+                self.budget.rechecked(
+                    json_or_none(response) if response.status_code == 200 else None
+                )
+                log.info("salesforce_api_budget_rechecked", **self.budget.status())
+        if self.budget.paused:
+            raise self.budget.refusal()
+
+    async def _authorized(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
         session = await self._tokens.session()
         response = await self._send(method, session, path, body, params)
         if response.status_code != 401:
@@ -326,6 +373,7 @@ class SalesforceTarget:
         usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
         if usage is not None:
             self.api_usage = usage
+            self.budget.observe(*usage)
             if self._on_limit_info is not None:
                 self._on_limit_info(*usage)
         return response
