@@ -571,3 +571,105 @@ async def test_api_budget_pauses_salesforce_calls_and_resumes_without_using_atte
         assert [h.outcome for h in await service.store.history(stored.id)] == ["synced"]
         status = (await service.http.get(f"{service.url}/status")).json()
         assert status["target_api"]["paused"] is False
+
+
+# -- converted Leads ---------------------------------------------------------------------
+
+
+async def test_promotion_with_convert_converts_the_lead_into_the_synced_contact(
+    start: ServiceFactory,
+) -> None:
+    contacts = {1001: person("lead", lastname="Doe", company="ACME", email="doe@example.com")}
+    async with start(contacts=contacts, promotion="convert") as service:
+        fake = service.salesforce
+        await service.send([event(1001, "lead", occurred_at=later_ms())])
+        await service.settled([1001])
+        lead = fake.record("Lead", "1001")
+        assert lead is not None
+
+        service.hubspot.contacts[1001].update(lifecyclestage="customer", jobtitle="CFO")
+        await service.send([event(1001, "customer", occurred_at=later_ms())])
+        await service.settled([1001])
+
+        contact = fake.record("Contact", "1001")
+        assert contact is not None
+        assert lead.fields["IsConverted"] is True
+        assert lead.fields["ConvertedContactId"] == contact.id
+        assert contact.fields["Title"] == "CFO"
+        assert contact.fields["Email"] == "doe@example.com"
+        newest = (await service.events_of(1001))[0]
+        assert (newest.state, newest.target_kind, newest.target_id) == (
+            "synced",
+            "contact",
+            contact.id,
+        )
+        state = await service.store.get_contact(1001)
+        assert state is not None and (state.kind, state.target_id) == ("contact", contact.id)
+        assert fake.calls["soap"] == 1
+
+
+async def test_promotion_with_convert_and_no_lead_upserts_the_contact(
+    start: ServiceFactory,
+) -> None:
+    contacts = {1002: person("customer", lastname="Roe")}
+    async with start(contacts=contacts, promotion="convert") as service:
+        fake = service.salesforce
+        await service.send([event(1002, "customer")])
+        await service.settled([1002])
+
+        contact = fake.record("Contact", "1002")
+        assert contact is not None and contact.fields["LastName"] == "Roe"
+        stored = await service.only_event(1002)
+        assert (stored.state, stored.target_kind, stored.target_id) == (
+            "synced",
+            "contact",
+            contact.id,
+        )
+        assert fake.calls["soap"] == 0
+        assert len(fake.queries) == 1  # the Lead lookup that found none
+        assert fake.record("Lead", "1002") is None
+
+
+async def test_leads_converted_by_a_person_are_followed_with_one_query_per_batch(
+    start: ServiceFactory,
+) -> None:
+    ids = list(range(1101, 1111))
+    contacts = {n: person("lead", lastname=f"Doe{n}", company="ACME") for n in ids}
+    async with start(contacts=contacts) as service:
+        fake = service.salesforce
+        await service.send([event(n, "lead", occurred_at=later_ms()) for n in ids])
+        await service.settled(ids)
+        converted = {n: fake.convert_lead(str(n)) for n in (1102, 1105, 1109)}
+
+        for n in ids:
+            service.hubspot.contacts[n]["jobtitle"] = "Engineer"
+        upserts_before = fake.calls["collection_upsert"] + fake.calls["upsert"]
+        await service.send([event(n, "lead", occurred_at=later_ms()) for n in ids])
+        await service.settled(ids)
+
+        batches = fake.calls["collection_upsert"] + fake.calls["upsert"] - upserts_before
+        assert len(fake.queries) <= batches  # never one query per record
+        assert len(fake.queries) >= 1
+        for n, contact in converted.items():
+            newest = (await service.events_of(n))[0]
+            assert (newest.state, newest.target_kind, newest.target_id) == (
+                "synced",
+                "contact",
+                contact.id,
+            )
+            assert contact.fields["HubSpot_Contact_ID__c"] == str(n)
+            assert contact.fields["Title"] == "Engineer"
+            state = await service.store.get_contact(n)
+            assert state is not None and state.kind == "contact"
+        for n in set(ids) - set(converted):
+            assert (await service.events_of(n))[0].target_kind == "lead"
+
+        # Later events go straight to the Contact: no refusal, no lookup.
+        queries = len(fake.queries)
+        service.hubspot.contacts[1102]["jobtitle"] = "Manager"
+        await service.send([event(1102, "lead", occurred_at=later_ms())])
+        await service.settled([1102])
+        assert len(fake.queries) == queries
+        assert converted[1102].fields["Title"] == "Manager"
+        newest = (await service.events_of(1102))[0]
+        assert (newest.state, newest.target_kind) == ("synced", "contact")
