@@ -673,3 +673,42 @@ async def test_leads_converted_by_a_person_are_followed_with_one_query_per_batch
         assert converted[1102].fields["Title"] == "Manager"
         newest = (await service.events_of(1102))[0]
         assert (newest.state, newest.target_kind) == ("synced", "contact")
+
+
+# -- Bulk API 2.0 -------------------------------------------------------------------------
+
+
+async def test_backlog_of_5000_contacts_goes_through_bulk_jobs_with_3_rejected(
+    start: ServiceFactory,
+) -> None:
+    ids = range(20_001, 25_001)
+    rejected = {"20007", "22500", "24999"}
+    contacts = {n: person("lead", lastname=f"Doe{n}", company="ACME") for n in ids}
+    async with start(contacts=contacts, salesforce_bulk_threshold=2000) as service:
+        fake = service.salesforce
+        for hubspot_id in rejected:
+            fake.reject(hubspot_id, "Leads from competitors are not allowed")
+        batches = [[event(n, "lead") for n in ids[i : i + 100]] for i in range(0, 5000, 100)]
+        await asyncio.gather(*(service.send(batch) for batch in batches))
+        counts = await service.all_closed(5000, within=90)
+
+        assert counts == {"synced": 4997, "failed": 3}
+        assert len(fake.records) == 4997
+        assert fake.calls["bulk_create"] >= 1
+        bulk_records = sum(len(job.succeeded) + len(job.failed) for job in fake.bulk.jobs.values())
+        assert bulk_records >= 2000
+        for hubspot_id in rejected:
+            failed = await service.only_event(int(hubspot_id))
+            assert (failed.state, failed.last_error_code) == (
+                "failed",
+                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            )
+            assert failed.attempts == 1
+        synced = await service.only_event(20_001)
+        record = fake.record("Lead", "20001")
+        assert record is not None and (synced.target_kind, synced.target_id) == ("lead", record.id)
+        # A job costs create, upload, close, a poll or two and two result reads: 2,000
+        # records and more in 7 or 8 calls, against 10 or more collection calls.
+        bulk_calls = sum(n for kind, n in fake.calls.items() if kind.startswith("bulk_"))
+        assert bulk_calls <= 8 * len(fake.bulk.jobs), dict(fake.calls)
+        assert fake.calls["collection_upsert"] * 200 >= 5000 - bulk_records
