@@ -141,9 +141,10 @@ class Dispatcher:
             give_up=self._give_up,
         )
         if self.workers.bulk_threshold > 0:
-            # Room for a whole bulk group besides the reads in flight, or it never forms.
+            # Room for one bulk group in its job while the next one forms, besides the
+            # reads in flight: with less, groups never form and the backlog goes 200 a call.
             self.max_in_flight = max(
-                self.max_in_flight, self.workers.bulk_threshold + FULL_READS * self.claim_size
+                self.max_in_flight, 2 * self.workers.bulk_threshold + FULL_READS * self.claim_size
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._reads: set[asyncio.Task[None]] = set()
