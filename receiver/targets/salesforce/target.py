@@ -4,7 +4,10 @@ Every record is keyed by ``{external_id_field} = {hubspot id}``, so an upsert is
 idempotent: a retried or repeated call leaves Salesforce as one call would. One record
 goes through ``PATCH sobjects/{Object}/{field}/{id}``; many go through sObject
 Collections upsert, 200 a call, so a backlog costs one API call per 200 contacts
-instead of one per contact (Salesforce meters calls per org per 24 hours).
+instead of one per contact (Salesforce meters calls per org per 24 hours), and
+:meth:`SalesforceTarget.bulk_upsert` runs Bulk API 2.0 jobs
+(:mod:`receiver.targets.salesforce.bulk`) for a backfill or a backlog of
+``bulk_threshold`` records or more.
 
 Calls go through :class:`~receiver.targets.salesforce.client.SalesforceClient` (the
 session, the API budget); a Lead Salesforce reports converted is followed to its Contact,
