@@ -140,6 +140,12 @@ class Dispatcher:
             record=self._record,
             give_up=self._give_up,
         )
+        if self.workers.bulk_threshold > 0:
+            # Room for one bulk group in its job while the next one forms, besides the
+            # reads in flight: with less, groups never form and the backlog goes 200 a call.
+            self.max_in_flight = max(
+                self.max_in_flight, 2 * self.workers.bulk_threshold + FULL_READS * self.claim_size
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self._reads: set[asyncio.Task[None]] = set()
 
@@ -177,7 +183,7 @@ class Dispatcher:
         now = self.clock()
         held = [i for i, job in self._leased.items() if job.lease_until > now]
         self._leased.clear()
-        self.workers.ready.clear()
+        self.workers.clear()
         self._in_flight = 0
         if held:
             try:
@@ -197,6 +203,7 @@ class Dispatcher:
         while True:
             self.last_tick = self.clock()
             if self._in_flight >= self.max_in_flight:
+                self.workers.flush()  # staged jobs must not wait for room they hold
                 self._room.clear()
                 await _wait(self._room, POLL_S)
                 continue
@@ -231,6 +238,7 @@ class Dispatcher:
         now = self._claimed_at = self.clock()
         claimed = await self.store.claim(self.owner, now, self.lease_s, self.claim_size)
         if not claimed:
+            self.workers.flush()  # the backlog is drained: what is staged goes now
             return False
         jobs = []
         for n, contact in enumerate(claimed, 1):
@@ -240,7 +248,9 @@ class Dispatcher:
         for job in jobs:
             self._leased[job.object_id] = job
         if self._backlog(claimed, now):
-            read = asyncio.create_task(self._background(jobs, now), name="dispatcher-read")
+            read = asyncio.create_task(
+                self._background(jobs, now, backlog=True), name="dispatcher-read"
+            )
             self._reads.add(read)
             read.add_done_callback(self._reads.discard)
         else:
@@ -253,13 +263,13 @@ class Dispatcher:
         oldest = min(e.received_at for c in claimed for e in c.events)
         return now - oldest > BACKLOG_S
 
-    async def _background(self, jobs: list[Job], now: float) -> None:
+    async def _background(self, jobs: list[Job], now: float, *, backlog: bool = False) -> None:
         try:
-            await self._prepare(jobs, now)
+            await self._prepare(jobs, now, backlog=backlog)
         except Exception:
             log.exception("dispatch_round_failed")
 
-    async def _prepare(self, jobs: list[Job], now: float) -> None:
+    async def _prepare(self, jobs: list[Job], now: float, *, backlog: bool = False) -> None:
         """Fetch and decide ``jobs``, queue the remote work, record what is done."""
         try:
             await self._resolve(jobs, now)
@@ -271,12 +281,13 @@ class Dispatcher:
                 self._give_up(late, "lease_half_spent_before_call")
                 remote = [j for j in remote if not j.finished]
             if remote:
-                self.workers.put(remote)
+                self.workers.put(remote, backlog=backlog)
             if done:
                 await self._record(done)
         except BaseException:
             # Leases expire and the contacts are claimed again: nothing is lost.
-            self._give_up([j for j in jobs if j not in self.workers.ready], "round_failed")
+            queued = (*self.workers.ready, *self.workers.staged)
+            self._give_up([j for j in jobs if j not in queued], "round_failed")
             raise
 
     def _plan(self, claimed: ClaimedContact, now: float) -> Job:

@@ -21,6 +21,7 @@ from receiver.sync.rules import (
     ContactPlan,
     Decision,
     RoutingConfig,
+    converts,
     decide,
     stage_from_webhook,
     webhook_properties,
@@ -131,15 +132,23 @@ class Job:
         # A record of this kind exists already: the upsert updates it, and fields the
         # events did not carry must not be overwritten with placeholders.
         exists = state is not None and state.kind == kind and bool(state.target_id)
+        # A Lead may turn out converted in the CRM: its update then goes to the Contact.
+        contact_fields = map_fields(mappings["contact"], properties) if kind == "lead" else None
         self.request = UpsertRequest(
-            kind, str(self.object_id), fields, may_create=not exists, event=event_ref(carrier)
+            kind,
+            str(self.object_id),
+            fields,
+            may_create=not exists,
+            convert=converts(decision, state.kind if state else None, routing),
+            contact_fields=contact_fields,
+            event=event_ref(carrier),
         )
 
     def synced(self, result: UpsertResult) -> None:
         """The upsert succeeded: the carrier is ``synced`` and the contact state moves on."""
         carrier = self.plan.carrier
         assert carrier is not None and self.request is not None
-        kind = self.request.kind
+        kind = result.kind or self.request.kind  # a converted Lead's update went to its Contact
         self.result.append(
             Outcome(
                 carrier.id,

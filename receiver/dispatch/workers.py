@@ -3,9 +3,14 @@
 Each of the dispatcher's ``concurrency`` workers runs :meth:`TargetWorkers.run`: it takes
 every ready job, up to the target's batch size, drops those whose lease is half gone,
 makes one call (deletes one by one, upserts as one upsert or one batch) and puts each
-answer on its job. The dispatcher owns what surrounds a call: how an error becomes an
-outcome (``fail``), recording a round (``record``) and dropping jobs unrecorded
-(``give_up``); it passes those in.
+answer on its job. A target with a bulk path (:class:`~receiver.targets.base.BulkTarget`)
+gets a backlog in bulk: upserts of backlog rounds are staged until ``bulk_threshold`` of
+them are ready at once, and go as one ``bulk_upsert``; a round that is no backlog (or
+the claim loop running out of work or room) sends what is staged the usual way.
+
+The dispatcher owns what surrounds a call: how an error becomes an outcome (``fail``),
+recording a round (``record``) and dropping jobs unrecorded (``give_up``); it passes
+those in.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from receiver.dispatch.work import Job, event_ref
 from receiver.errors import RateLimited, UpstreamError
 from receiver.ops.logging import get_logger
-from receiver.targets.base import Target, UpsertResult
+from receiver.targets.base import BulkTarget, Target, UpsertResult
 
 # The dispatcher's logger: these lines were always written under its name.
 log = get_logger("receiver.dispatch.dispatcher")
@@ -48,24 +53,58 @@ class TargetWorkers:
         self.record = record
         self.give_up = give_up
         self.ready: deque[Job] = deque()
+        self.bulk_threshold = target.bulk_threshold if isinstance(target, BulkTarget) else 0
+        #: Upserts of backlog rounds, waiting for ``bulk_threshold`` of them.
+        self.staged: list[Job] = []
+        #: Staged groups ready for one ``bulk_upsert`` each.
+        self.bulk_ready: deque[list[Job]] = deque()
         #: Rate-limit answers from the target in a row.
         self.rate_streak = 0
         self._signal = asyncio.Event()
 
-    def put(self, jobs: Sequence[Job]) -> None:
-        """Queue ``jobs`` for the next free worker."""
-        self.ready.extend(jobs)
+    def put(self, jobs: Sequence[Job], *, backlog: bool = False) -> None:
+        """Queue ``jobs`` for the next free worker; a ``backlog`` round's upserts are
+        staged for the bulk path when the target has one."""
+        if backlog and self.bulk_threshold > 0:
+            self.staged.extend(j for j in jobs if j.op == "upsert")
+            self.ready.extend(j for j in jobs if j.op != "upsert")
+            if len(self.staged) >= self.bulk_threshold:
+                self.bulk_ready.append(self.staged)
+                self.staged = []
+        else:
+            self.flush()
+            self.ready.extend(jobs)
         self._signal.set()
+
+    def flush(self) -> None:
+        """Send staged upserts the usual way: fewer than ``bulk_threshold`` came."""
+        if self.staged:
+            self.ready.extend(self.staged)
+            self.staged = []
+            self._signal.set()
+
+    def clear(self) -> None:
+        """Forget every queued job (the dispatcher stops)."""
+        self.ready.clear()
+        self.staged = []
+        self.bulk_ready.clear()
 
     async def run(self) -> None:
         """One worker: take ready jobs, call the target, record; forever."""
         while True:
-            while not self.ready:
+            while not self.ready and not self.bulk_ready:
                 self._signal.clear()
                 await self._signal.wait()
             batch: list[Job] = []
             now = self.clock()
-            while self.ready and len(batch) < self.target.batch_size:
+            bulk = bool(self.bulk_ready)
+            if bulk:
+                for job in self.bulk_ready.popleft():
+                    if now > job.start_by:
+                        self.give_up([job], "lease_half_spent_in_queue")
+                    else:
+                        batch.append(job)
+            while not bulk and self.ready and len(batch) < self.target.batch_size:
                 job = self.ready.popleft()
                 if now > job.start_by:
                     self.give_up([job], "lease_half_spent_in_queue")
@@ -74,15 +113,16 @@ class TargetWorkers:
             if not batch:
                 continue
             try:
-                await self.call(batch)
+                await self.call(batch, bulk=bulk)
                 await self.record(batch)
             except Exception:
                 log.exception("target_round_failed", contacts=len(batch))
                 # Leases expire and the contacts are claimed again: nothing is lost.
                 self.give_up(batch, "target_round_failed")
 
-    async def call(self, batch: list[Job]) -> None:
-        """Make the target calls of ``batch`` and put each answer on its job."""
+    async def call(self, batch: list[Job], *, bulk: bool = False) -> None:
+        """Make the target calls of ``batch`` and put each answer on its job; ``bulk``
+        sends its upserts as one ``bulk_upsert``."""
         deletes = [j for j in batch if j.op == "delete"]
         upserts = [j for j in batch if j.op == "upsert"]
         if deletes:
@@ -91,10 +131,13 @@ class TargetWorkers:
             return
         requests = [j.request for j in upserts if j.request is not None]
         try:
-            if len(requests) == 1:
-                results: list[UpsertResult | UpstreamError] = [
-                    await self.target.upsert(requests[0])
-                ]
+            if bulk and isinstance(self.target, BulkTarget):
+                log.info("bulk_upsert_started", contacts=len(requests))
+                results: list[UpsertResult | UpstreamError] = await self.target.bulk_upsert(
+                    requests
+                )
+            elif len(requests) == 1:
+                results = [await self.target.upsert(requests[0])]
             else:
                 results = await self.target.upsert_batch(requests)
         except Exception as exc:

@@ -6,6 +6,9 @@ they are right even when another process (the CLI, a second instance) changed th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -63,6 +66,11 @@ class Metrics:
             registry=r,
         )
         self.retries = Counter("stagesync_retries_scheduled", "Retries scheduled", registry=r)
+        self.target_api_usage = Gauge(
+            "stagesync_target_api_usage_ratio",
+            "Share of the target's daily API limit used, as it last reported (0 when unknown)",
+            registry=r,
+        )
 
     def hubspot_call(self, status: str) -> None:
         """Count one HubSpot call by status class."""
@@ -71,6 +79,15 @@ class Metrics:
     def target_call(self, status: str) -> None:
         """Count one target call by status class."""
         self.upstream_calls.labels(api="target", status=status).inc()
+
+    def observe_target_api(self, status: Mapping[str, Any] | None) -> None:
+        """Set the API usage gauge from a target's ``api_status()``."""
+        used = status.get("used") if status else None
+        limit = status.get("limit") if status else None
+        if isinstance(used, int) and isinstance(limit, int) and limit > 0:
+            self.target_api_usage.set(used / limit)
+        else:
+            self.target_api_usage.set(0.0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -28,12 +28,14 @@ class RoutingConfig:
 
     ``properties`` are the HubSpot properties whose change syncs a contact (the mapped
     ones; the lifecycle stage always does). None means every property change syncs.
+    ``promotion`` is ``PROMOTION``: whether a promoted contact's Lead is converted.
     """
 
     lead_stages: frozenset[str]
     contact_stages: frozenset[str]
     on_delete: Literal["ignore", "delete"] = "ignore"
     properties: frozenset[str] | None = None
+    promotion: Literal["create-contact", "convert"] = "create-contact"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,18 @@ def decide(stage: str | None, previous_kind: str | None, config: RoutingConfig) 
             return Decision("contact", "no-demotion")
         return Decision("lead")
     return Decision(None, "stage-not-synced")
+
+
+def converts(decision: Decision, previous_kind: str | None, config: RoutingConfig) -> bool:
+    """Whether the upsert converts the contact's Lead (``PROMOTION=convert``).
+
+    A Contact for a contact not yet synced as one: promoted from a Lead, or first seen at
+    a contact stage with a Lead made before stagesync knew it. The target converts the
+    Lead it finds, and upserts the Contact when it finds none.
+    """
+    return (
+        config.promotion == "convert" and decision.kind == "contact" and previous_kind != "contact"
+    )
 
 
 def event_action(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from receiver.errors import UpstreamError
 from receiver.models import Kind
@@ -33,6 +33,11 @@ class UpsertRequest:
     contact, so the upsert is an update: a target then leaves fields that are absent
     from ``fields`` alone instead of filling required ones with placeholders (which
     would overwrite real values). Targets without placeholders ignore it.
+
+    ``convert`` asks a target that can (``supports_convert``) to convert the contact's
+    Lead into this Contact (``PROMOTION=convert``). ``contact_fields`` are the same
+    properties mapped for a Contact, for a Lead request whose Lead turns out to have
+    been converted in the CRM: the update then goes to that Contact.
     """
 
     kind: Kind
@@ -40,14 +45,21 @@ class UpsertRequest:
     fields: Mapping[str, Any]
     may_create: bool = True
     event: EventRef | None = None
+    convert: bool = False
+    contact_fields: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
-    """The target's id for the record, and whether the upsert created it."""
+    """The target's id for the record, and whether the upsert created it.
+
+    ``kind`` is set when the record written is of another kind than the request's: a
+    Lead converted in the CRM, whose update went to its Contact.
+    """
 
     target_id: str
     created: bool
+    kind: Kind | None = None
 
 
 class Target(Protocol):
@@ -60,7 +72,11 @@ class Target(Protocol):
     name: str
     batch_size: int  # most records one ``upsert_batch`` call takes
     supports_convert: bool  # whether promotion = "convert" is possible
-    api_usage: tuple[int, int] | None  # the CRM's last (used, limit) report, if it sends one
+
+    def api_status(self) -> dict[str, Any] | None:
+        """``{"used", "limit", "paused"}``: the CRM's API allocation as last reported and
+        whether calls are held back for it; None for a target without one."""
+        ...
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Target field -> HubSpot property, before the user's overrides."""
@@ -88,4 +104,21 @@ class Target(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class BulkTarget(Protocol):
+    """A target with a bulk path for large syncs (Salesforce's Bulk API 2.0).
+
+    The dispatcher hands it a backlog of ``bulk_threshold`` records or more, ready at
+    once, as one :meth:`bulk_upsert`; a backfill may too. ``bulk_threshold`` 0: never.
+    """
+
+    bulk_threshold: int
+
+    async def bulk_upsert(
+        self, requests: Sequence[UpsertRequest]
+    ) -> list[UpsertResult | UpstreamError]:
+        """Upsert many records as :meth:`Target.upsert_batch` does, in bulk jobs."""
         ...

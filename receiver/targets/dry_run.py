@@ -58,11 +58,14 @@ class DryRunTarget:
     name = "dry-run"
     batch_size = 200
     supports_convert = False
-    api_usage: tuple[int, int] | None = None  # our own database has no API allocation
 
     def __init__(self, *, store: RecordStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+
+    def api_status(self) -> dict[str, Any] | None:
+        """None: our own database has no API allocation."""
+        return None
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Salesforce-like field names, plus the lifecycle stage for visibility."""

@@ -24,7 +24,7 @@ TARGET_SETTINGS: dict[str, type[BaseSettings] | None] = {
 }
 
 #: Targets that can convert a Lead on promotion (``PROMOTION=convert``).
-CONVERTING_TARGETS: frozenset[str] = frozenset()
+CONVERTING_TARGETS: frozenset[str] = frozenset({"salesforce"})
 
 
 def table_name(target: str) -> str:

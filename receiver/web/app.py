@@ -120,6 +120,7 @@ def _build_context(
             frozenset(settings.contact_stages),
             settings.on_delete,
             frozenset(hubspot_properties(*mappings.values())),
+            settings.promotion,
         ),
         retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.max_attempts),
         mappings=mappings,

@@ -69,10 +69,7 @@ async def readyz(request: Request) -> Response:
 async def status(request: Request) -> Response:
     """Counts, backlog age, last sync, stages, version and uptime."""
     ctx = ctx_of(request)
-    extra = {}
-    usage = ctx.target.api_usage
-    if usage:
-        extra["target_api_usage"] = {"used": usage[0], "limit": usage[1]}
+    extra = {"target_api": ctx.target.api_status()}
     doc = await build_status(ctx.store, ctx.settings, ctx.clock(), ctx.started_at, extra)
     return JSON(doc)
 
@@ -86,4 +83,5 @@ async def metrics(request: Request) -> Response:
         m.queue_depth.labels(state=state).set(sum(counts.get(state, {}).values()))
     oldest = await ctx.store.oldest_open_received_at()
     m.oldest_pending.set(max(0.0, ctx.clock() - oldest) if oldest else 0)
+    m.observe_target_api(ctx.target.api_status())
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

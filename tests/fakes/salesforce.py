@@ -10,7 +10,15 @@ body shapes, so the target can be tested over real HTTP without an org:
   with one ``{"id","success","errors":[{"statusCode","message","fields"}],"created"}``
   per record, in order (v46+ only);
 * ``GET`` and ``DELETE`` by external id (``204`` deleted, ``404`` none);
-* ``POST /services/oauth2/token`` with ``grant_type=refresh_token``, issuing new tokens.
+* ``POST /services/oauth2/token`` with ``grant_type=refresh_token``, issuing new tokens;
+* ``GET /limits`` (``DailyApiRequests``), and ``Sforce-Limit-Info`` on every REST answer,
+  with ``set_usage()`` to set the org's use;
+* converted Leads: ``convert_lead()`` converts one as a person would, after which its
+  upserts fail with ``CANNOT_UPDATE_CONVERTED_LEAD``; ``GET /query`` answers the two SOQL
+  queries stagesync makes (Leads by external id, the converted ``LeadStatus``);
+  sObject Collections update by Id, ``PATCH .../composite/sobjects``;
+* the Partner SOAP endpoint, ``POST /services/Soap/u/{version}``, for ``convertLead``;
+* Bulk API 2.0 ingest jobs (``/jobs/ingest``), see :mod:`tests.fakes.salesforce_bulk`.
 
 Lead needs ``LastName`` and ``Company``, Contact needs ``LastName``. Switches turn on
 failures: ``revoke_token()`` (401 ``INVALID_SESSION_ID``), ``limit_exceeded`` (403
@@ -32,11 +40,15 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
+import defusedxml.ElementTree as SafeET
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.salesforce_bulk import FakeBulk
 
 DEFAULT_EXTERNAL_ID_FIELD = "HubSpot_Contact_ID__c"
 CLIENT_ID = "3MVG9fakeConsumerKey"
@@ -63,6 +75,14 @@ INVALID_FIELD = [
     }
 ]
 _VERSION = re.compile(r"v(\d+\.\d+)")
+CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
+_LEADS_BY_KEY = re.compile(
+    r"SELECT (?P<fields>[\w, ]+) FROM Lead WHERE (?P<key>\w+) IN \((?P<values>.*)\)"
+)
+_CONVERTED_STATUS = "SELECT MasterLabel FROM LeadStatus WHERE IsConverted = true LIMIT 1"
+_SOQL_STRING = re.compile(r"'((?:[^'\\]|\\.)*)'")
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+PARTNER_NS = "urn:partner.soap.sforce.com"
 
 
 @dataclass
@@ -108,6 +128,12 @@ class FakeSalesforce:
     #: (Object, external id) keys that match several records
     duplicates: set[tuple[str, str]] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
+    #: The org's converted Lead status (``LeadStatus.MasterLabel`` where ``IsConverted``)
+    converted_status: str = "Closed - Converted"
+    #: Records without an external id (Contacts a conversion made), by Id
+    unkeyed: dict[str, FakeRecord] = field(default_factory=dict)
+    #: SOQL queries received, as sent
+    queries: list[str] = field(default_factory=list)
     token_refreshes: int = 0
     log: list[FakeCall] = field(default_factory=list)
 
@@ -115,14 +141,24 @@ class FakeSalesforce:
         self._ids = itertools.count(1)
         self._valid_tokens: set[str] = set()
         self.access_token = self._new_token()
+        self.bulk = FakeBulk(self)
         self.app = Starlette(
             routes=[
+                *self.bulk.routes,
                 Route("/services/oauth2/token", self._token, methods=["POST"]),
                 Route(
                     "/services/data/{version}/sobjects/{obj}/{field}/{value}",
                     self._record,
                     methods=["GET", "PATCH", "DELETE"],
                 ),
+                Route("/services/data/{version}/limits", self._limits, methods=["GET"]),
+                Route("/services/data/{version}/query", self._query, methods=["GET"]),
+                Route(
+                    "/services/data/{version}/composite/sobjects",
+                    self._update_by_id,
+                    methods=["PATCH"],
+                ),
+                Route("/services/Soap/u/{version}", self._soap, methods=["POST"]),
                 Route(
                     "/services/data/{version}/composite/sobjects/{obj}/{field}",
                     self._collection,
@@ -132,6 +168,28 @@ class FakeSalesforce:
         )
 
     # -- switches and helpers for tests ------------------------------------------------
+
+    def set_usage(self, used: int, limit: int | None = None) -> None:
+        """Set the org's daily API use (and limit) that the next answers report."""
+        self.api_used = used
+        if limit is not None:
+            self.api_limit = limit
+
+    def convert_lead(self, hubspot_id: str) -> FakeRecord:
+        """Convert the Lead of this HubSpot id as a person would; returns the new Contact.
+
+        The Contact gets the Lead's name and e-mail and no external id; the Lead is
+        marked converted and refuses updates from then on.
+        """
+        lead = self.records[("Lead", str(hubspot_id))]
+        return self._convert(lead)
+
+    def find_by_id(self, record_id: str) -> FakeRecord | None:
+        """The record with this Salesforce Id, keyed or not."""
+        for record in (*self.records.values(), *self.unkeyed.values()):
+            if record.id == record_id:
+                return record
+        return None
 
     def revoke_token(self) -> None:
         """Make every access token issued so far answer 401 ``INVALID_SESSION_ID``."""
@@ -201,7 +259,38 @@ class FakeSalesforce:
     # -- REST API -----------------------------------------------------------------------
 
     async def _guard(self, request: Request, kind: str, body: Any) -> Response | None:
-        """Latency, the call log, auth and the org-wide switches, in Salesforce's order."""
+        """Auth and the call log, then the org-wide switches, in Salesforce's order."""
+        refused = await self._authorize(request, kind, body)
+        if refused is not None:
+            return refused
+        if self.limit_exceeded:
+            return self._answer(LIMIT_EXCEEDED, 403)
+        if self.unavailable:
+            return self._answer(UNAVAILABLE, 503)
+        obj, fld = request.path_params["obj"], request.path_params.get("field")
+        if obj not in ID_PREFIXES or fld not in (None, self.external_id_field):
+            return self._answer(NOT_FOUND, 404)
+        if obj in self.failing_objects:
+            status = self.failing_objects[obj]
+            return self._answer(UNAVAILABLE if status == 503 else INVALID_FIELD, status)
+        return None
+
+    async def _limits(self, request: Request) -> Response:
+        """``GET /limits``: ``DailyApiRequests`` ``Max`` and ``Remaining``, among others."""
+        refused = await self._authorize(request, "limits")
+        if refused is not None:
+            return refused
+        daily = {"Max": self.api_limit, "Remaining": max(0, self.api_limit - self.api_used)}
+        return self._answer(
+            {
+                "DailyApiRequests": daily,
+                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+                "DataStorageMB": {"Max": 1024, "Remaining": 1000},
+            }
+        )
+
+    async def _authorize(self, request: Request, kind: str, body: Any = None) -> Response | None:
+        """Latency, the call log, auth and the org's request count, for any REST call."""
         await asyncio.sleep(self.latency_s)
         self.calls[kind] += 1
         auth = request.headers.get("authorization")
@@ -210,16 +299,6 @@ class FakeSalesforce:
         if token not in self._valid_tokens:
             return JSONResponse(SESSION_EXPIRED, status_code=401)
         self.api_used += 1
-        if self.limit_exceeded:
-            return self._answer(LIMIT_EXCEEDED, 403)
-        if self.unavailable:
-            return self._answer(UNAVAILABLE, 503)
-        obj, fld = request.path_params["obj"], request.path_params["field"]
-        if obj not in ID_PREFIXES or fld != self.external_id_field:
-            return self._answer(NOT_FOUND, 404)
-        if obj in self.failing_objects:
-            status = self.failing_objects[obj]
-            return self._answer(UNAVAILABLE if status == 503 else INVALID_FIELD, status)
         if self._version(request) is None:
             return self._answer(NOT_FOUND, 404)
         return None
@@ -380,6 +459,8 @@ class FakeSalesforce:
                     forbidden,
                 )
             ]
+        if obj == "Lead" and existing is not None and existing.fields.get("IsConverted"):
+            return [_error(CONVERTED_LEAD, "cannot reference converted lead")]
         if key in self.locked:
             return [
                 _error(
@@ -410,6 +491,158 @@ class FakeSalesforce:
         self.records[(obj, key)] = record
         return record, True
 
+    # -- converted Leads, SOQL, update by Id ---------------------------------------------
+
+    def _convert(self, lead: FakeRecord) -> FakeRecord:
+        contact = FakeRecord(
+            self._new_id("Contact"),
+            {k: lead.fields.get(k) for k in ("FirstName", "LastName", "Email") if k in lead.fields},
+        )
+        self.unkeyed[contact.id] = contact
+        lead.fields.update(
+            IsConverted=True,
+            Status=self.converted_status,
+            ConvertedContactId=contact.id,
+            ConvertedAccountId=f"001{next(self._ids):015d}",
+        )
+        return contact
+
+    def _switches(self) -> Response | None:
+        if self.limit_exceeded:
+            return self._answer(LIMIT_EXCEEDED, 403)
+        if self.unavailable:
+            return self._answer(UNAVAILABLE, 503)
+        return None
+
+    async def _query(self, request: Request) -> Response:
+        refused = await self._authorize(request, "query") or self._switches()
+        if refused is not None:
+            return refused
+        soql = request.query_params.get("q", "")
+        self.queries.append(soql)
+        if soql == _CONVERTED_STATUS:
+            return self._answer(_query_answer([{"MasterLabel": self.converted_status}]))
+        match = _LEADS_BY_KEY.fullmatch(soql)
+        if match is None or match["key"] != self.external_id_field:
+            malformed = [{"message": f"unexpected query: {soql}", "errorCode": "MALFORMED_QUERY"}]
+            return self._answer(malformed, 400)
+        wanted = [f.strip() for f in match["fields"].split(",")]
+        rows = []
+        for raw in _SOQL_STRING.findall(match["values"]):
+            value = re.sub(r"\\(.)", r"\1", raw)
+            lead = self.records.get(("Lead", value))
+            if lead is None:
+                continue
+            full = {"Id": lead.id, "IsConverted": False, "ConvertedContactId": None, **lead.fields}
+            rows.append({"attributes": {"type": "Lead"}, **{f: full.get(f) for f in wanted}})
+        return self._answer(_query_answer(rows))
+
+    async def _update_by_id(self, request: Request) -> Response:
+        body = await _json(request)
+        refused = await self._authorize(request, "update_by_id", body) or self._switches()
+        if refused is not None:
+            return refused
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list) or len(records) > COLLECTION_LIMIT:
+            malformed = [{"message": "Malformed update request", "errorCode": "JSON_PARSER_ERROR"}]
+            return self._answer(malformed, 400)
+        return self._answer([self._update_one(r) for r in records])
+
+    def _update_one(self, item: Any) -> dict[str, Any]:
+        obj = (item.get("attributes") or {}).get("type") if isinstance(item, dict) else None
+        record = self.find_by_id(str(item.get("id"))) if isinstance(item, dict) else None
+        if record is None or obj not in ID_PREFIXES or not record.id.startswith(ID_PREFIXES[obj]):
+            failure = _error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+            return {"success": False, "errors": [failure]}
+        if record.fields.get("IsConverted"):
+            return {
+                "success": False,
+                "errors": [_error(CONVERTED_LEAD, "cannot reference converted lead")],
+            }
+        fields = {k: v for k, v in item.items() if k not in ("attributes", "id")}
+        key = fields.get(self.external_id_field)
+        if key is not None:
+            holder = self.records.get((obj, str(key)))
+            if holder is not None and holder is not record:
+                duplicate = _error(
+                    "DUPLICATE_VALUE",
+                    f"duplicate value found: {self.external_id_field} duplicates value on "
+                    f"record with id: {holder.id}",
+                    [self.external_id_field],
+                )
+                return {"success": False, "errors": [duplicate]}
+        merged = {**record.fields, **fields}
+        missing = [name for name in REQUIRED[obj] if merged.get(name) in (None, "")]
+        if missing:
+            failure = _error("REQUIRED_FIELD_MISSING", f"Required fields are missing: {missing}")
+            return {"success": False, "errors": [failure]}
+        record.fields.update(fields)
+        if key is not None and record.id in self.unkeyed:
+            del self.unkeyed[record.id]
+            self.records[(obj, str(key))] = record
+        return {"id": record.id, "success": True, "errors": []}
+
+    # -- SOAP convertLead ------------------------------------------------------------
+
+    async def _soap(self, request: Request) -> Response:
+        await asyncio.sleep(self.latency_s)
+        content = await request.body()
+        self.calls["soap"] += 1
+        self.log.append(FakeCall("soap", "POST", request.url.path, content.decode(), None))
+        try:
+            root = SafeET.fromstring(content)
+        except Exception:
+            return _soap_fault("soapenv:Client", "Unable to parse the request")
+        session = root.findtext(f".//{{{PARTNER_NS}}}SessionHeader/{{{PARTNER_NS}}}sessionId")
+        if session not in self._valid_tokens:
+            return _soap_fault(
+                "sf:INVALID_SESSION_ID",
+                "INVALID_SESSION_ID: Invalid Session ID found in SessionHeader: Illegal Session",
+            )
+        self.api_used += 1
+        if self.limit_exceeded:
+            return _soap_fault("sf:REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        converts = root.findall(f".//{{{PARTNER_NS}}}convertLead/{{{PARTNER_NS}}}leadConverts")
+        results = "".join(self._convert_one(node) for node in converts)
+        limit = (
+            "<soapenv:Header><LimitInfoHeader><limitInfo>"
+            f"<current>{self.api_used}</current><limit>{self.api_limit}</limit>"
+            "<type>API REQUESTS</type></limitInfo></LimitInfoHeader></soapenv:Header>"
+        )
+        envelope = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns="{PARTNER_NS}" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+            f"{limit}<soapenv:Body><convertLeadResponse>{results}</convertLeadResponse>"
+            "</soapenv:Body></soapenv:Envelope>"
+        )
+        return Response(envelope, media_type="text/xml; charset=utf-8")
+
+    def _convert_one(self, node: Any) -> str:
+        ns = f"{{{PARTNER_NS}}}"
+        lead_id = node.findtext(f"{ns}leadId") or ""
+        status = node.findtext(f"{ns}convertedStatus") or ""
+        lead = self.find_by_id(lead_id)
+        hubspot_id = lead.fields.get(self.external_id_field) if lead is not None else None
+        if lead is None or not lead.id.startswith(ID_PREFIXES["Lead"]):
+            return _soap_failure(
+                lead_id, "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id"
+            )
+        if status != self.converted_status:
+            return _soap_failure(lead_id, "INVALID_STATUS", f"invalid convertedStatus: {status}")
+        if lead.fields.get("IsConverted"):
+            return _soap_failure(lead_id, CONVERTED_LEAD, "This lead was already converted.")
+        if hubspot_id in self.rejected:
+            return _soap_failure(
+                lead_id, "FIELD_CUSTOM_VALIDATION_EXCEPTION", self.rejected[str(hubspot_id)]
+            )
+        contact = self._convert(lead)
+        return (
+            f"<result><accountId>{lead.fields['ConvertedAccountId']}</accountId>"
+            f"<contactId>{contact.id}</contactId><leadId>{lead.id}</leadId>"
+            '<opportunityId xsi:nil="true"/><success>true</success></result>'
+        )
+
 
 def _error(code: str, message: str, fields: list[str] | None = None) -> dict[str, Any]:
     return {"statusCode": code, "message": message, "fields": fields or []}
@@ -429,3 +662,25 @@ async def _json(request: Request) -> Any:
         return await request.json()
     except ValueError:
         return None
+
+
+def _query_answer(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"totalSize": len(records), "done": True, "records": records}
+
+
+def _soap_fault(code: str, message: str) -> Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" '
+        'xmlns:sf="urn:fault.partner.soap.sforce.com"><soapenv:Body><soapenv:Fault>'
+        f"<faultcode>{code}</faultcode><faultstring>{escape(message)}</faultstring>"
+        "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+    return Response(body, status_code=500, media_type="text/xml; charset=utf-8")
+
+
+def _soap_failure(lead_id: str, code: str, message: str) -> str:
+    return (
+        f"<result><errors><message>{escape(message)}</message><statusCode>{code}</statusCode>"
+        f"</errors><leadId>{escape(lead_id)}</leadId><success>false</success></result>"
+    )

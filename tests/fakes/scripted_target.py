@@ -62,6 +62,10 @@ class ScriptedTarget:
     _record_errors: dict[str, deque[UpstreamError]] = field(default_factory=dict)
     _active: Counter[str] = field(default_factory=Counter)
 
+    def api_status(self) -> dict[str, Any] | None:
+        """None: the script has no API allocation."""
+        return None
+
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Email and last name, plus the stage, for both kinds."""
         return {"Email": "email", "LastName": "lastname", "Stage": "lifecyclestage"}

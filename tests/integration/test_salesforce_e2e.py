@@ -335,9 +335,10 @@ async def test_status_shows_salesforce_api_usage(start: ServiceFactory) -> None:
         response = await service.http.get(f"{service.url}/status")
         status = response.json()
         assert status["target"] == "salesforce"
-        assert status["target_api_usage"] == {
+        assert status["target_api"] == {
             "used": service.salesforce.api_used,
             "limit": service.salesforce.api_limit,
+            "paused": False,
         }
         assert service.salesforce.access_token not in response.text
 
@@ -531,3 +532,202 @@ async def test_burst_of_1000_contacts_costs_about_5_to_10_salesforce_calls(
         # Four calls of 100 start at once (one per worker, one claim each); what piles
         # up meanwhile goes 200 a call: 7 when claims keep up, 10 at most (one a claim).
         assert 5 <= calls <= 10, f"{calls} calls ({dict(fake.calls)}) in {elapsed:.2f} s"
+
+
+# -- API budget --------------------------------------------------------------------------
+
+
+async def test_api_budget_pauses_salesforce_calls_and_resumes_without_using_attempts(
+    start: ServiceFactory,
+) -> None:
+    contacts = {n: person("lead", lastname="Doe", company="ACME") for n in (901, 902)}
+    overrides = {"salesforce_api_budget": 0.8, "salesforce_api_budget_recheck_s": 0.5}
+    async with start(contacts=contacts, **overrides) as service:
+        fake = service.salesforce
+        fake.set_usage(13_000, 15_000)
+        await service.send([event(901, "lead")])
+        await service.settled([901])  # its answer reported 13,001 of 15,000: above 80%
+        status = (await service.http.get(f"{service.url}/status")).json()
+        assert status["target_api"] == {"used": 13_001, "limit": 15_000, "paused": True}
+        metrics = (await service.http.get(f"{service.url}/metrics")).text
+        assert f"stagesync_target_api_usage_ratio {13_001 / 15_000}" in metrics
+
+        await service.send([event(902, "lead")])
+
+        async def held_back() -> bool:
+            stored = await service.only_event(902)
+            return stored.last_error_code == "API_BUDGET" and fake.calls["limits"] >= 2
+
+        await wait_until(held_back)  # rechecked twice, still above: no upsert meanwhile
+        waiting = await service.only_event(902)
+        assert (waiting.state, waiting.attempts) == ("retrying", 0)
+        assert fake.record("Lead", "902") is None
+        assert fake.calls["upsert"] + fake.calls["collection_upsert"] == 1
+
+        fake.set_usage(2_000)  # the rolling 24 hours moved on
+        await service.settled([902])
+        stored = await service.only_event(902)
+        assert (stored.state, stored.attempts) == ("synced", 1)
+        assert [h.outcome for h in await service.store.history(stored.id)] == ["synced"]
+        status = (await service.http.get(f"{service.url}/status")).json()
+        assert status["target_api"]["paused"] is False
+
+
+# -- converted Leads ---------------------------------------------------------------------
+
+
+async def test_promotion_with_convert_converts_the_lead_into_the_synced_contact(
+    start: ServiceFactory,
+) -> None:
+    contacts = {1001: person("lead", lastname="Doe", company="ACME", email="doe@example.com")}
+    async with start(contacts=contacts, promotion="convert") as service:
+        fake = service.salesforce
+        await service.send([event(1001, "lead", occurred_at=later_ms())])
+        await service.settled([1001])
+        lead = fake.record("Lead", "1001")
+        assert lead is not None
+
+        service.hubspot.contacts[1001].update(lifecyclestage="customer", jobtitle="CFO")
+        await service.send([event(1001, "customer", occurred_at=later_ms())])
+        await service.settled([1001])
+
+        contact = fake.record("Contact", "1001")
+        assert contact is not None
+        assert lead.fields["IsConverted"] is True
+        assert lead.fields["ConvertedContactId"] == contact.id
+        assert contact.fields["Title"] == "CFO"
+        assert contact.fields["Email"] == "doe@example.com"
+        newest = (await service.events_of(1001))[0]
+        assert (newest.state, newest.target_kind, newest.target_id) == (
+            "synced",
+            "contact",
+            contact.id,
+        )
+        state = await service.store.get_contact(1001)
+        assert state is not None and (state.kind, state.target_id) == ("contact", contact.id)
+        assert fake.calls["soap"] == 1
+
+
+async def test_promotion_with_convert_and_no_lead_upserts_the_contact(
+    start: ServiceFactory,
+) -> None:
+    contacts = {1002: person("customer", lastname="Roe")}
+    async with start(contacts=contacts, promotion="convert") as service:
+        fake = service.salesforce
+        await service.send([event(1002, "customer")])
+        await service.settled([1002])
+
+        contact = fake.record("Contact", "1002")
+        assert contact is not None and contact.fields["LastName"] == "Roe"
+        stored = await service.only_event(1002)
+        assert (stored.state, stored.target_kind, stored.target_id) == (
+            "synced",
+            "contact",
+            contact.id,
+        )
+        assert fake.calls["soap"] == 0
+        assert len(fake.queries) == 1  # the Lead lookup that found none
+        assert fake.record("Lead", "1002") is None
+
+
+async def test_leads_converted_by_a_person_are_followed_with_one_query_per_batch(
+    start: ServiceFactory,
+) -> None:
+    ids = list(range(1101, 1111))
+    contacts = {n: person("lead", lastname=f"Doe{n}", company="ACME") for n in ids}
+    async with start(contacts=contacts) as service:
+        fake = service.salesforce
+        await service.send([event(n, "lead", occurred_at=later_ms()) for n in ids])
+        await service.settled(ids)
+        converted = {n: fake.convert_lead(str(n)) for n in (1102, 1105, 1109)}
+
+        for n in ids:
+            service.hubspot.contacts[n]["jobtitle"] = "Engineer"
+        upserts_before = fake.calls["collection_upsert"] + fake.calls["upsert"]
+        await service.send([event(n, "lead", occurred_at=later_ms()) for n in ids])
+        await service.settled(ids)
+
+        batches = fake.calls["collection_upsert"] + fake.calls["upsert"] - upserts_before
+        assert len(fake.queries) <= batches  # never one query per record
+        assert len(fake.queries) >= 1
+        for n, contact in converted.items():
+            newest = (await service.events_of(n))[0]
+            assert (newest.state, newest.target_kind, newest.target_id) == (
+                "synced",
+                "contact",
+                contact.id,
+            )
+            assert contact.fields["HubSpot_Contact_ID__c"] == str(n)
+            assert contact.fields["Title"] == "Engineer"
+            state = await service.store.get_contact(n)
+            assert state is not None and state.kind == "contact"
+        for n in set(ids) - set(converted):
+            assert (await service.events_of(n))[0].target_kind == "lead"
+
+        # Later events go straight to the Contact: no refusal, no lookup.
+        queries = len(fake.queries)
+        service.hubspot.contacts[1102]["jobtitle"] = "Manager"
+        await service.send([event(1102, "lead", occurred_at=later_ms())])
+        await service.settled([1102])
+        assert len(fake.queries) == queries
+        assert converted[1102].fields["Title"] == "Manager"
+        newest = (await service.events_of(1102))[0]
+        assert (newest.state, newest.target_kind) == ("synced", "contact")
+
+
+# -- Bulk API 2.0 -------------------------------------------------------------------------
+
+
+async def test_backlog_of_5000_contacts_goes_through_bulk_jobs_with_3_rejected(
+    start: ServiceFactory,
+) -> None:
+    # The backlog forms as it does in production: while the API budget holds calls back,
+    # 5,000 events pile up; once the org's use falls, they are ready at once.
+    ids = range(20_001, 25_001)
+    rejected = {"20007", "22500", "24999"}
+    contacts = {n: person("lead", lastname=f"Doe{n}", company="ACME") for n in ids}
+    contacts[20_000] = person("lead", lastname="First", company="ACME")
+    overrides = {
+        "salesforce_bulk_threshold": 2000,
+        "salesforce_api_budget": 0.8,
+        "salesforce_api_budget_recheck_s": 2,
+    }
+    async with start(contacts=contacts, **overrides) as service:
+        fake = service.salesforce
+        for hubspot_id in rejected:
+            fake.reject(hubspot_id, "Leads from competitors are not allowed")
+        fake.set_usage(14_000, 15_000)
+        await service.send([event(20_000, "lead")])
+        await service.settled([20_000])  # the answer showed the org above 80%: paused
+        batches = [[event(n, "lead") for n in ids[i : i + 100]] for i in range(0, 5000, 100)]
+        await asyncio.gather(*(service.send(batch) for batch in batches))
+
+        async def all_held_back() -> bool:
+            counts = await service.store.counts()
+            return sum(counts.get("retrying", {}).values()) == 5000
+
+        await wait_until(all_held_back, 60)
+        assert fake.calls["collection_upsert"] + fake.calls["upsert"] == 1
+        fake.set_usage(1_000)
+        counts = await service.all_closed(5001, within=90)
+
+        assert counts == {"synced": 4998, "failed": 3}
+        assert len(fake.records) == 4998
+        assert fake.calls["bulk_create"] >= 1
+        bulk_records = sum(len(job.succeeded) + len(job.failed) for job in fake.bulk.jobs.values())
+        assert bulk_records >= 4000, dict(fake.calls)  # two groups of 2,000 at least
+        for hubspot_id in rejected:
+            failed = await service.only_event(int(hubspot_id))
+            assert (failed.state, failed.last_error_code) == (
+                "failed",
+                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            )
+            assert failed.attempts == 1
+        synced = await service.only_event(20_001)
+        record = fake.record("Lead", "20001")
+        assert record is not None and (synced.state, synced.attempts) == ("synced", 1)
+        assert (synced.target_kind, synced.target_id) == ("lead", record.id)
+        # A job costs create, upload, close, a poll or two and two result reads: 2,000
+        # records and more in 7 or 8 calls, against 10 or more collection calls.
+        bulk_calls = sum(n for kind, n in fake.calls.items() if kind.startswith("bulk_"))
+        assert bulk_calls <= 8 * len(fake.bulk.jobs), dict(fake.calls)

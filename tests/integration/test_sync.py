@@ -369,7 +369,8 @@ class FlakyTarget:
         self.name = inner.name
         self.batch_size = inner.batch_size
         self.supports_convert = inner.supports_convert
-        self.api_usage = inner.api_usage
+        self.api_status = inner.api_status
+        self.api_status = inner.api_status
         self.default_mapping = inner.default_mapping
         self.delete = inner.delete
         self.aclose = inner.aclose

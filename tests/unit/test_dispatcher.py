@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
 from receiver.sync.mapping import hubspot_properties
 from receiver.sync.retry import RetryPolicy
 from receiver.sync.rules import RoutingConfig
+from receiver.targets.base import UpsertRequest, UpsertResult
 from tests.fakes.doubles import (
     InMemoryStore,
     ScriptedTarget,
@@ -71,6 +73,7 @@ class Rig:
         self.store = InMemoryStore()
         self.target: ScriptedTarget = kw.pop("target", None) or ScriptedTarget()
         on_delete = kw.pop("on_delete", "ignore")
+        promotion = kw.pop("promotion", "create-contact")
         mappings = {k: self.target.default_mapping(k) for k in ("lead", "contact")}
         self.dispatcher = Dispatcher(
             store=self.store,
@@ -81,6 +84,7 @@ class Rig:
                 frozenset(DEFAULT_CONTACT_STAGES),
                 on_delete,
                 frozenset(hubspot_properties(*mappings.values())),
+                promotion,
             ),
             retry=kw.pop("retry", RetryPolicy(base_s=5, max_s=60, max_attempts=10)),
             mappings=mappings,
@@ -177,6 +181,39 @@ async def test_promotion_adds_a_contact_and_leaves_the_lead() -> None:
         (done,) = await rig.final(b)
         assert (done.target_kind, done.reason) == ("contact", None)
         assert rig.target.kinds(4) == {"lead", "contact"}
+
+
+async def test_promotion_convert_asks_the_target_to_convert_the_lead() -> None:
+    async with running(promotion="convert") as rig:
+        (a,) = await rig.send(stage_event(41, "lead", at=1))
+        await rig.final(a)
+        (b,) = await rig.send(stage_event(41, "customer", at=2))
+        await rig.final(b)
+        lead, promoted = rig.target.requests
+        assert (lead.kind, lead.convert) == ("lead", False)
+        assert lead.contact_fields is not None and "Company" not in lead.contact_fields
+        assert (promoted.kind, promoted.convert) == ("contact", True)
+
+
+class FollowingTarget(ScriptedTarget):
+    """Answers every Lead upsert as the Contact it was converted into."""
+
+    async def upsert(self, request: UpsertRequest) -> UpsertResult:
+        result = await super().upsert(request)
+        return replace(result, kind="contact") if request.kind == "lead" else result
+
+
+async def test_a_result_of_another_kind_moves_the_contact_to_that_kind() -> None:
+    async with running(target=FollowingTarget()) as rig:
+        (a,) = await rig.send(stage_event(42, "lead", at=1))
+        (done,) = await rig.final(a)
+        assert (done.state, done.target_kind) == ("synced", "contact")
+        state = await rig.store.get_contact(42)
+        assert state is not None and state.kind == "contact"
+        (b,) = await rig.send(stage_event(42, "salesqualifiedlead", at=2))
+        (later,) = await rig.final(b)
+        assert (later.target_kind, later.reason) == ("contact", "no-demotion")
+        assert rig.target.requests[-1].kind == "contact"
 
 
 async def test_demotion_updates_the_contact_with_reason_no_demotion() -> None:

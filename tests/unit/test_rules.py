@@ -4,7 +4,7 @@ stale and coalesced events, and every subscription type."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -14,6 +14,7 @@ from receiver.models import ContactState, StoredEvent
 from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
 from receiver.sync.rules import (
     RoutingConfig,
+    converts,
     decide,
     event_action,
     plan_contact,
@@ -307,3 +308,23 @@ def test_stored_raw_events_round_trip_through_json() -> None:
     raw = webhook_event(3, "lead")
     (new,) = to_new_events([raw])
     assert orjson.loads(new.raw) == raw and new.stage == "lead"
+
+
+@pytest.mark.parametrize(
+    ("promotion", "stage", "previous", "expected"),
+    [
+        ("convert", "customer", "lead", True),
+        ("convert", "customer", None, True),  # a Lead made before stagesync knew it
+        ("convert", "customer", "contact", False),  # already a Contact
+        ("convert", "lead", "lead", False),  # still a Lead
+        ("create-contact", "customer", "lead", False),
+    ],
+)
+def test_convert_is_asked_for_a_contact_not_yet_synced_as_one_under_promotion_convert(
+    promotion: Literal["create-contact", "convert"],
+    stage: str,
+    previous: str | None,
+    expected: bool,
+) -> None:
+    config = RoutingConfig(CONFIG.lead_stages, CONFIG.contact_stages, promotion=promotion)
+    assert converts(decide(stage, previous, config), previous, config) is expected

@@ -124,7 +124,7 @@ async def test_upsert_answered_204_looks_up_the_record_id(make: Factory) -> None
             "FIELD_CUSTOM_VALIDATION_EXCEPTION",
         ),
         (errors("INVALID_FIELD"), PermanentError, "INVALID_FIELD"),
-        (errors("CANNOT_UPDATE_CONVERTED_LEAD"), PermanentError, "CANNOT_UPDATE_CONVERTED_LEAD"),
+        (errors("DUPLICATES_DETECTED"), PermanentError, "DUPLICATES_DETECTED"),
         (errors("UNABLE_TO_LOCK_ROW"), TransientError, "UNABLE_TO_LOCK_ROW"),
         (errors("NOT_FOUND", status=404), PermanentError, "NOT_FOUND"),
         (errors("REQUEST_LIMIT_EXCEEDED", status=403), RateLimited, "REQUEST_LIMIT_EXCEEDED"),
@@ -393,7 +393,7 @@ async def test_collection_upsert_sends_typed_records_and_maps_each_result(make: 
         ("FIELD_CUSTOM_VALIDATION_EXCEPTION", PermanentError),
         ("INVALID_FIELD", PermanentError),
         ("DUPLICATE_VALUE", PermanentError),
-        ("CANNOT_UPDATE_CONVERTED_LEAD", PermanentError),
+        ("DUPLICATES_DETECTED", PermanentError),
     ],
 )
 async def test_collection_record_errors_are_classified_like_single_calls(

@@ -13,6 +13,7 @@ from receiver.settings import (
     known_env_names,
     load_settings,
 )
+from receiver.targets.salesforce.settings import SalesforceSettings
 from tests.conftest import SECRET
 from tests.support.process import run_cli
 
@@ -354,6 +355,43 @@ def test_problem_lines_never_contain_a_secret_value() -> None:
 def test_salesforce_target_without_credentials_is_refused() -> None:
     lines = problems(**BASE, STAGESYNC_TARGET="salesforce")
     assert any("STAGESYNC_SALESFORCE_ACCESS_TOKEN" in line for line in lines)
+
+
+SALESFORCE = {
+    **BASE,
+    "STAGESYNC_TARGET": "salesforce",
+    "STAGESYNC_SALESFORCE_INSTANCE_URL": "https://example.my.salesforce.com",
+    "STAGESYNC_SALESFORCE_ACCESS_TOKEN": "00Dtoken",
+}
+
+
+def test_promotion_convert_is_accepted_for_salesforce_and_refused_for_dry_run() -> None:
+    settings = load_settings(None, {**SALESFORCE, "STAGESYNC_PROMOTION": "convert"})
+    assert settings.promotion == "convert"
+    lines = problems(**BASE, STAGESYNC_PROMOTION="convert")
+    assert any("not supported by the dry-run target" in line for line in lines)
+
+
+def test_salesforce_budget_threshold_and_converted_status_are_read() -> None:
+    settings = load_settings(
+        None,
+        {
+            **SALESFORCE,
+            "STAGESYNC_SALESFORCE_API_BUDGET": "0.75",
+            "STAGESYNC_SALESFORCE_BULK_THRESHOLD": "0",
+            "STAGESYNC_SALESFORCE_CONVERTED_STATUS": "Closed - Converted",
+        },
+    )
+    target = settings.target_settings
+    assert isinstance(target, SalesforceSettings)
+    assert (target.api_budget, target.bulk_threshold) == (0.75, 0)
+    assert target.converted_status == "Closed - Converted"
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "-0.1"])
+def test_an_api_budget_outside_0_to_1_is_refused(share: str) -> None:
+    lines = problems(**SALESFORCE, STAGESYNC_SALESFORCE_API_BUDGET=share)
+    assert any("API_BUDGET" in line for line in lines)
 
 
 # -- stagesync check-config --------------------------------------------------------------

@@ -84,7 +84,6 @@ class DynamicsTarget:
 
     name = "dynamics"
     supports_convert = False
-    api_usage: tuple[int, int] | None = None
 
     def __init__(
         self,
@@ -126,6 +125,10 @@ class DynamicsTarget:
     def token_refreshes(self) -> int:
         """How many times a new access token was fetched."""
         return self._tokens.refreshes
+
+    def api_status(self) -> dict[str, Any] | None:
+        """None: this target reports no API allocation."""
+        return None
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Dataverse column -> HubSpot property, before the user's overrides."""

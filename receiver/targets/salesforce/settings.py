@@ -35,6 +35,14 @@ class SalesforceSettings(EnvOverFileSettings):
     api_version: str = "v62.0"
     external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD
     max_concurrency: int = Field(10, ge=1)
+    #: Share of the org's daily API limit above which stagesync stops calling Salesforce.
+    api_budget: float = Field(0.8, gt=0, le=1)
+    #: Seconds between two ``GET /limits`` re-checks while the budget is exceeded.
+    api_budget_recheck_s: float = Field(900.0, gt=0)
+    #: The Lead status ``PROMOTION=convert`` gives; None: the org's converted status.
+    converted_status: str | None = None
+    #: Records ready at once from which upserts go through Bulk API 2.0; 0 turns it off.
+    bulk_threshold: int = Field(2000, ge=0)
 
     @field_validator("instance_url")
     @classmethod

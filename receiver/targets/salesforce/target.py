@@ -4,17 +4,24 @@ Every record is keyed by ``{external_id_field} = {hubspot id}``, so an upsert is
 idempotent: a retried or repeated call leaves Salesforce as one call would. One record
 goes through ``PATCH sobjects/{Object}/{field}/{id}``; many go through sObject
 Collections upsert, 200 a call, so a backlog costs one API call per 200 contacts
-instead of one per contact (Salesforce meters calls per org per 24 hours).
+instead of one per contact (Salesforce meters calls per org per 24 hours), and
+:meth:`SalesforceTarget.bulk_upsert` runs Bulk API 2.0 jobs
+(:mod:`receiver.targets.salesforce.bulk`) for a backfill or a backlog of
+``bulk_threshold`` records or more.
 
-Every way a call can end is mapped onto :mod:`receiver.errors`, here for the
+Calls go through :class:`~receiver.targets.salesforce.client.SalesforceClient` (the
+session, the API budget); a Lead Salesforce reports converted is followed to its Contact,
+and ``PROMOTION=convert`` converts Leads, in :mod:`receiver.targets.salesforce.convert`.
+Every way a call can end is mapped onto :mod:`receiver.errors`, in the client for the
 transport and the token, in :mod:`receiver.targets.salesforce.errors` for answers; field
 values are converted by :mod:`receiver.targets.salesforce.fields`:
 
-* ``401 INVALID_SESSION_ID``: one token refresh (shared by concurrent callers, see
-  :mod:`receiver.targets.salesforce.auth`) and one retry, inside the same attempt.
+* ``401 INVALID_SESSION_ID``: one token refresh and one retry, inside the same attempt.
   Without refresh settings: ``PermanentError``. Still 401 with the new token:
   ``AuthExpired``, retried later, as the spec lists "expired tokens after one refresh"
   among the transient failures.
+* Above ``SALESFORCE_API_BUDGET`` of the org's daily API limit: ``RateLimited`` without
+  a call, until a re-check finds the use below it again.
 * ``403 REQUEST_LIMIT_EXCEEDED``: ``RateLimited`` with no ``retry_after`` (Salesforce
   sends no ``Retry-After``; the dispatcher's backoff applies).
 * ``5xx``, timeouts, network errors, ``UNABLE_TO_LOCK_ROW``: ``TransientError``.
@@ -28,25 +35,24 @@ A record's error inside a collection answer is classified the same way by its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
-from receiver.errors import AuthExpired, PermanentError, TransientError, UpstreamError
+from receiver.errors import PermanentError, TransientError, UpstreamError
 from receiver.models import Kind
 from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
-from receiver.targets.salesforce.auth import Session, TokenSource, status_class
-from receiver.targets.salesforce.errors import (
-    first_error,
-    json_or_none,
-    parse_limit_info,
-    record_result,
-    response_error,
-)
+from receiver.targets.salesforce.auth import TokenSource
+from receiver.targets.salesforce.budget import RECHECK_S, ApiBudget
+from receiver.targets.salesforce.bulk import BulkUpserts
+from receiver.targets.salesforce.client import SalesforceClient
+from receiver.targets.salesforce.convert import Conversions, is_converted_lead
+from receiver.targets.salesforce.errors import json_or_none, record_result, response_error
 from receiver.targets.salesforce.fields import (
     DEFAULT_EXTERNAL_ID_FIELD,
     OBJECTS,
@@ -54,6 +60,8 @@ from receiver.targets.salesforce.fields import (
     prepare_fields,
 )
 from receiver.targets.salesforce.settings import DEFAULT_TOKEN_URL, SalesforceSettings
+
+T = TypeVar("T")
 
 #: Most records one sObject Collections call takes.
 COLLECTION_LIMIT = 200
@@ -73,6 +81,10 @@ class SalesforceConfig:
     api_version: str = "v62.0"
     external_id_field: str = DEFAULT_EXTERNAL_ID_FIELD
     max_concurrency: int = 10
+    api_budget: float = 0.8
+    api_budget_recheck_s: float = RECHECK_S
+    converted_status: str | None = None
+    bulk_threshold: int = 2000
 
     @classmethod
     def from_settings(cls, settings: SalesforceSettings) -> SalesforceConfig:
@@ -91,6 +103,10 @@ class SalesforceConfig:
             api_version=settings.api_version,
             external_id_field=settings.external_id_field,
             max_concurrency=settings.max_concurrency,
+            api_budget=settings.api_budget,
+            api_budget_recheck_s=settings.api_budget_recheck_s,
+            converted_status=settings.converted_status,
+            bulk_threshold=settings.bulk_threshold,
         )
 
 
@@ -105,7 +121,7 @@ class SalesforceTarget:
 
     name = "salesforce"
     batch_size = COLLECTION_LIMIT
-    supports_convert = False
+    supports_convert = True
 
     def __init__(
         self,
@@ -114,12 +130,10 @@ class SalesforceTarget:
         http: httpx.AsyncClient,
         on_call: Callable[[str], None] | None = None,
         on_limit_info: Callable[[int, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self._http = http
-        self._on_call = on_call
         self._on_limit_info = on_limit_info
-        self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
         version = config.api_version.strip()
         self._version = version if version.startswith("v") else f"v{version}"
         self._field = config.external_id_field
@@ -132,9 +146,25 @@ class SalesforceTarget:
             client_id=config.client_id,
             client_secret=config.client_secret,
             refresh_token=config.refresh_token,
-            on_call=self._count,
+            on_call=on_call,
         )
         self.api_usage: tuple[int, int] | None = None
+        self.budget = ApiBudget(
+            config.api_budget, recheck_s=config.api_budget_recheck_s, clock=clock
+        )
+        self.client = SalesforceClient(
+            http=http,
+            tokens=self._tokens,
+            version=self._version,
+            external_id_field=self._field,
+            budget=self.budget,
+            max_concurrency=config.max_concurrency,
+            on_call=on_call,
+            on_limit_info=self._limit_info,
+        )
+        self.conversions = Conversions(self.client, config.converted_status)
+        self.bulk_threshold = config.bulk_threshold
+        self.bulk = BulkUpserts(self.client)
 
     def __repr__(self) -> str:
         return f"SalesforceTarget(config={self.config!r})"
@@ -143,6 +173,10 @@ class SalesforceTarget:
     def token_refreshes(self) -> int:
         """How many times a new access token was fetched."""
         return self._tokens.refreshes
+
+    def api_status(self) -> dict[str, Any] | None:
+        """The org's daily API use as last reported, and whether calls are paused."""
+        return self.budget.status()
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Salesforce field -> HubSpot property, before the user's overrides."""
@@ -153,6 +187,12 @@ class SalesforceTarget:
 
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
         """Create or update one Lead or Contact keyed by its HubSpot id."""
+        result = (await self.upsert_batch([request]))[0]
+        if isinstance(result, UpstreamError):
+            raise result
+        return result
+
+    async def _upsert_one(self, request: UpsertRequest) -> UpsertResult:
         obj = OBJECTS[request.kind]
         body = prepare_fields(
             request.kind,
@@ -183,24 +223,60 @@ class SalesforceTarget:
         Results come back in request order. A record Salesforce refused holds its
         error. When a whole call fails (outage, rate limit) its records, and only its,
         hold that call's error: a Lead call's 400 must not fail the Contacts of a call
-        that met a 503 and should be retried.
+        that met a 503 and should be retried. Contacts to ``convert`` are promoted first;
+        those with no Lead are upserted with the rest.
         """
+        results: list[UpsertResult | UpstreamError | None] = [None] * len(requests)
+        promoting = [i for i, r in enumerate(requests) if r.convert and r.kind == "contact"]
+        if promoting:
+            promoted = await _per_record(
+                self.conversions.promote([requests[i] for i in promoting]), len(promoting)
+            )
+            for index, result in zip(promoting, promoted, strict=True):
+                results[index] = result
         units: list[tuple[Kind, list[int]]] = []
         by_kind: dict[Kind, list[int]] = {}
         for index, request in enumerate(requests):
-            by_kind.setdefault(request.kind, []).append(index)
+            if results[index] is None:
+                by_kind.setdefault(request.kind, []).append(index)
         size = self.batch_size if self._collections else 1
         for kind, indexes in by_kind.items():
             units.extend((kind, indexes[i : i + size]) for i in range(0, len(indexes), size))
         outcomes = await asyncio.gather(
             *(self._run_unit(kind, [requests[i] for i in idx]) for kind, idx in units)
         )
-        results: list[UpsertResult | UpstreamError | None] = [None] * len(requests)
         for (_, indexes), outcome in zip(units, outcomes, strict=True):
             for position, index in enumerate(indexes):
                 results[index] = (
                     outcome if isinstance(outcome, UpstreamError) else outcome[position]
                 )
+        return [result for result in results if result is not None]
+
+    async def bulk_upsert(
+        self, requests: Sequence[UpsertRequest]
+    ) -> list[UpsertResult | UpstreamError]:
+        """Upsert many records through Bulk API 2.0 jobs, one per object: for a backfill,
+        or a backlog of ``bulk_threshold`` records or more. Results as :meth:`upsert_batch`
+        gives them; Leads found converted are followed to their Contacts, and contacts to
+        ``convert`` go through :meth:`upsert_batch`, 200 at a time.
+        """
+        results: list[UpsertResult | UpstreamError | None] = [None] * len(requests)
+        promoting = [i for i, r in enumerate(requests) if r.convert and r.kind == "contact"]
+        for start in range(0, len(promoting), COLLECTION_LIMIT):
+            chunk = promoting[start : start + COLLECTION_LIMIT]
+            done = await self.upsert_batch([requests[i] for i in chunk])
+            for index, result in zip(chunk, done, strict=True):
+                results[index] = result
+        for kind in OBJECTS:
+            indexes = [i for i, r in enumerate(requests) if r.kind == kind and results[i] is None]
+            if not indexes:
+                continue
+            chosen = [requests[i] for i in indexes]
+            outcome = await self.bulk.upsert(kind, chosen)
+            if kind == "lead":
+                await self._follow_converted(chosen, outcome)
+            for index, result in zip(indexes, outcome, strict=True):
+                results[index] = result
         return [result for result in results if result is not None]
 
     async def delete(self, hubspot_id: str, *, event: EventRef | None = None) -> int:
@@ -213,17 +289,36 @@ class SalesforceTarget:
     async def _run_unit(
         self, kind: Kind, requests: list[UpsertRequest]
     ) -> list[UpsertResult | UpstreamError] | UpstreamError:
+        results: list[UpsertResult | UpstreamError]
         if len(requests) == 1:
             try:
-                return [await self.upsert(requests[0])]
+                results = [await self._upsert_one(requests[0])]
             except PermanentError as exc:  # the record's own error
-                return [exc]
+                results = [exc]
             except UpstreamError as exc:
                 return exc
-        try:
-            return await self._collection_upsert(kind, requests)
-        except UpstreamError as exc:
-            return exc
+        else:
+            try:
+                results = await self._collection_upsert(kind, requests)
+            except UpstreamError as exc:
+                return exc
+        if kind == "lead":
+            await self._follow_converted(requests, results)
+        return results
+
+    async def _follow_converted(
+        self, requests: Sequence[UpsertRequest], results: list[UpsertResult | UpstreamError]
+    ) -> None:
+        """Send the updates of Leads converted in Salesforce to their Contacts, in place."""
+        refused = [i for i, result in enumerate(results) if is_converted_lead(result)]
+        for start in range(0, len(refused), COLLECTION_LIMIT):  # one query per 200
+            chunk = refused[start : start + COLLECTION_LIMIT]
+            followed = await _per_record(
+                self.conversions.follow([requests[i] for i in chunk]), len(chunk)
+            )
+            for index, result in zip(chunk, followed, strict=True):
+                if result is not None:
+                    results[index] = result
 
     async def _collection_upsert(
         self, kind: Kind, requests: list[UpsertRequest]
@@ -253,7 +348,7 @@ class SalesforceTarget:
                 f"Salesforce answered a {obj} collection upsert of {len(requests)} records "
                 "with something other than one result per record",
             )
-        return [record_result(item, self._tokens.scrub) for item in data]
+        return [record_result(item, self.client.scrub) for item in data]
 
     async def _delete_one(self, obj: str, hubspot_id: str) -> int:
         response = await self._call("DELETE", self._record_path(obj, hubspot_id))
@@ -285,58 +380,24 @@ class SalesforceTarget:
         *,
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
-        session = await self._tokens.session()
-        response = await self._send(method, session, path, body, params)
-        if response.status_code != 401:
-            return response
-        session = await self._tokens.refresh(session)  # PermanentError if it cannot
-        response = await self._send(method, session, path, body, params)
-        if response.status_code == 401:
-            code, message = first_error(json_or_none(response), self._tokens.scrub)
-            raise AuthExpired(
-                code or "INVALID_SESSION_ID",
-                "Salesforce rejected a freshly refreshed access token"
-                + (f": {message}" if message else ""),
-            )
-        return response
+        return await self.client.rest(method, path, body, params=params)
 
-    async def _send(
-        self,
-        method: str,
-        session: Session,
-        path: str,
-        body: Any,
-        params: dict[str, str] | None,
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {session.access_token}", "Accept": "application/json"}
-        async with self._semaphore:
-            try:
-                response = await self._http.request(
-                    method, session.instance_url + path, json=body, params=params, headers=headers
-                )
-            except httpx.TimeoutException as exc:
-                self._count("error")
-                raise TransientError("timeout", f"Salesforce {method} timed out") from exc
-            except httpx.RequestError as exc:
-                self._count("error")
-                raise TransientError(
-                    "connection_error", f"could not reach Salesforce ({type(exc).__name__})"
-                ) from exc
-        self._count(status_class(response.status_code))
-        usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
-        if usage is not None:
-            self.api_usage = usage
-            if self._on_limit_info is not None:
-                self._on_limit_info(*usage)
-        return response
+    def _limit_info(self, used: int, limit: int) -> None:
+        self.api_usage = (used, limit)
+        if self._on_limit_info is not None:
+            self._on_limit_info(used, limit)
 
     def _error(self, response: httpx.Response, obj: str, hubspot_id: str | None) -> UpstreamError:
         key = f"{self._field}={hubspot_id}" if hubspot_id is not None else self._field
-        return response_error(response, obj, key, self._tokens.scrub)
+        return response_error(response, obj, key, self.client.scrub)
 
-    def _count(self, status: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status)
+
+async def _per_record(work: Awaitable[list[T]], count: int) -> list[T | UpstreamError]:
+    """``work``'s results, or its whole-call error once per record."""
+    try:
+        return list(await work)
+    except UpstreamError as exc:
+        return [exc] * count
 
 
 def _version_number(version: str) -> float:

@@ -62,7 +62,6 @@ class WebhookTarget:
 
     name = "webhook"
     supports_convert = False
-    api_usage: tuple[int, int] | None = None
 
     def __init__(
         self,
@@ -84,6 +83,10 @@ class WebhookTarget:
 
     def __repr__(self) -> str:
         return f"WebhookTarget(url={self._url!r})"
+
+    def api_status(self) -> dict[str, Any] | None:
+        """None: this target reports no API allocation."""
+        return None
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Every default property under its HubSpot name, for both kinds."""

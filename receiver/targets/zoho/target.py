@@ -88,7 +88,6 @@ class ZohoTarget:
 
     name = "zoho"
     supports_convert = False
-    api_usage: tuple[int, int] | None = None
 
     def __init__(
         self,
@@ -130,6 +129,10 @@ class ZohoTarget:
     def token_refreshes(self) -> int:
         """How many times a new access token was fetched."""
         return self._tokens.refreshes
+
+    def api_status(self) -> dict[str, Any] | None:
+        """None: this target reports no API allocation."""
+        return None
 
     def default_mapping(self, kind: Kind) -> dict[str, str]:
         """Zoho field -> HubSpot property, before the user's overrides."""
