@@ -7,6 +7,7 @@ from typing import Any
 from receiver import __version__
 from receiver.models import STATES
 from receiver.ops.presenters import iso
+from receiver.ops.sync_settings import status_fields
 from receiver.settings import Settings
 from receiver.store.base import EventStore
 
@@ -35,6 +36,7 @@ async def build_status(
         "uptime_s": round(now - started_at, 3) if started_at is not None else None,
         "database": store.name,
     }
+    doc.update(await status_fields(store, settings))
     if extra:
         doc.update(extra)
     return doc
