@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from receiver.cli import sync_settings
 from receiver.cli.store import database_label, no_work, with_store
 from receiver.errors import ConfigError
 from receiver.models import STATES, EventFilter
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="lead")
     p.add_argument("--object-id", type=_object_id, metavar="N")
     p.add_argument("--secret", help="client secret to sign with (default: the configured one)")
+    sync_settings.register(command)
     return parser
 
 

@@ -68,8 +68,13 @@ def sync_settings_json(current: SyncSettingsInForce) -> dict[str, Any]:
 
 
 async def status_fields(store: EventStore, settings: Settings) -> dict[str, Any]:
-    """``/status``'s stage sets in force and its ``sync_settings`` object."""
-    current = await read_in_force(store, settings)
+    """``/status``'s stage sets in force and its ``sync_settings`` object, as the database
+    has them (a server shows its own copy instead: :func:`status_fields_of`)."""
+    return status_fields_of(await read_in_force(store, settings))
+
+
+def status_fields_of(current: SyncSettingsInForce) -> dict[str, Any]:
+    """``/status``'s stage sets and ``sync_settings`` object for ``current``."""
     return {
         "lead_stages": list(current.values.lead_stages),
         "contact_stages": list(current.values.contact_stages),

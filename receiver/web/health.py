@@ -13,6 +13,7 @@ from starlette.responses import Response
 from receiver.errors import StoreError
 from receiver.ops.logging import get_logger
 from receiver.ops.status import build_status
+from receiver.ops.sync_settings import status_fields_of
 from receiver.web.context import AppContext
 from receiver.web.responses import JSON
 from receiver.web.webhook import webhook as webhook
@@ -73,6 +74,7 @@ async def status(request: Request) -> Response:
     usage = ctx.target.api_usage
     if usage:
         extra["target_api_usage"] = {"used": usage[0], "limit": usage[1]}
+    extra.update(status_fields_of(ctx.sync_settings.current))  # what this instance uses
     doc = await build_status(ctx.store, ctx.settings, ctx.clock(), ctx.started_at, extra)
     return JSON(doc)
 
