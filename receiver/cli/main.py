@@ -166,6 +166,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  last sync:          {doc['last_sync_at'] or 'never'}")
         print(f"  lead stages:        {', '.join(doc['lead_stages'])}")
         print(f"  contact stages:     {', '.join(doc['contact_stages'])}")
+        sync = doc["sync_settings"]
+        print(
+            f"  sync settings:      version {sync['version']} ({sync['source']}),"
+            f" lead sync {'on' if sync['lead_sync'] else 'off'},"
+            f" contact sync {'on' if sync['contact_sync'] else 'off'}"
+        )
         return 0
 
     return asyncio.run(with_store(settings, work))

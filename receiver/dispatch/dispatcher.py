@@ -47,7 +47,7 @@ from typing import Protocol
 
 from receiver.dispatch.work import Job
 from receiver.dispatch.workers import TargetWorkers
-from receiver.errors import AuthExpired, RateLimited
+from receiver.errors import AuthExpired, RateLimited, TokenRefused
 from receiver.models import ClaimedContact, ContactUpdate, Outcome
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
@@ -333,7 +333,7 @@ class Dispatcher:
     def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException, api: str, streak: int) -> None:
         """Put ``exc``'s outcome on each job; ``streak`` counts ``api``'s rate limits in a row."""
         now = self.clock()
-        if self.alerts is not None and isinstance(exc, AuthExpired):
+        if self.alerts is not None and isinstance(exc, AuthExpired | TokenRefused):
             self.alerts.token_refused(api, exc.code)
         for job in jobs:
             event = job.main_event

@@ -7,12 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from receiver.errors import AuthExpired
 from receiver.models import SavedSyncSettings, SyncValues
 from receiver.ops.sync_settings import LiveSyncSettings, save
 from receiver.sync.rules import RoutingConfig, decide
 from receiver.sync.sync_settings import added_stages, changes, check, holder_of, in_force
 from tests.conftest import build_settings
-from tests.fakes.doubles import InMemoryStore
+from tests.fakes.doubles import InMemoryStore, ScriptedTarget, permanent
 from tests.unit.test_dispatcher import running, stage_event
 
 VALUES = SyncValues(True, True, ("lead", "marketingqualifiedlead"), ("customer",))
@@ -119,3 +120,29 @@ async def test_the_dispatcher_takes_the_routing_in_force_at_each_round() -> None
         (second,) = await rig.send(stage_event(2, "lead"))
         assert (await rig.final(second))[0].state == "synced"
         assert rig.target.kinds(2) == {"lead"} and rig.target.kinds(1) == set()
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.failures: list[tuple[int, str | None]] = []
+        self.refused: list[tuple[str, str]] = []
+
+    def failed(self, events: Any) -> None:
+        self.failures.extend(events)
+
+    def token_refused(self, api: str, code: str) -> None:
+        self.refused.append((api, code))
+
+
+async def test_the_dispatcher_tells_the_alerts_of_failures_and_refused_tokens() -> None:
+    target = ScriptedTarget()
+    target.fail_calls(AuthExpired("INVALID_SESSION_ID", "expired"))
+    target.fail_record(2, permanent("INVALID_EMAIL_ADDRESS", "Email: x@y"))
+    observer = Observer()
+    async with running(target=target, alerts=observer) as rig:
+        (first,) = await rig.send(stage_event(1, "lead"))
+        assert (await rig.final(first, states=("retrying",)))[0].state == "retrying"
+        (second,) = await rig.send(stage_event(2, "lead"))
+        await rig.final(second)
+    assert observer.refused == [("target", "INVALID_SESSION_ID")]
+    assert observer.failures == [(second, "INVALID_EMAIL_ADDRESS")]

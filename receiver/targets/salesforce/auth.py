@@ -22,7 +22,13 @@ from typing import Any
 import httpx
 import structlog
 
-from receiver.errors import AuthExpired, PermanentError, TransientError, UpstreamError
+from receiver.errors import (
+    AuthExpired,
+    PermanentError,
+    TokenRefused,
+    TransientError,
+    UpstreamError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -172,7 +178,7 @@ class TokenSource:
             )
         if response.status_code != 200:
             error, description = _oauth_error(body)
-            raise PermanentError(
+            raise TokenRefused(
                 error or f"http_{response.status_code}",
                 self.scrub(
                     "Salesforce refused the token refresh"
