@@ -88,6 +88,17 @@ async def test_failures_group_by_code_largest_first_and_replay_takes_the_code(
         groups = (await a.get("/admin/health")).json()["groups"]
         assert [(g["code"], g["count"]) for g in groups] == [("INVALID_EMAIL", 5)]
 
+        page = (await a.get("/admin/")).text
+        assert 'aria-label="failures by error code"' in page
+        assert 'href="/admin/events.csv?state=failed&amp;error_code=INVALID_EMAIL"' in page
+        replayed = await a.http.post(
+            a.base + "/admin/replay-group",
+            data={"error_code": "INVALID_EMAIL"},
+            headers=AUTH,
+            follow_redirects=False,
+        )
+        assert (replayed.status_code, replayed.headers["location"]) == (303, "/admin/?replayed=5")
+
 
 async def test_the_csv_export_streams_every_matching_event_in_pages(
     tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
