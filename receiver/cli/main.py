@@ -132,6 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print("configuration OK")
@@ -139,6 +143,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  database:        {database_label(settings.database_url)}")
     print(f"  lead stages:     {', '.join(settings.lead_stages)}")
     print(f"  contact stages:  {', '.join(settings.contact_stages)}")
+    print(
+        f"  syncs:           lead {_on(settings.lead_sync)}, contact {_on(settings.contact_sync)}"
+    )
+    print(f"  alerts:          {'on' if settings.alert_webhook_url else 'off'}")
     print(f"  hubspot fetch:   {'on' if settings.hubspot_token else 'off (webhook data only)'}")
     print(f"  public url:      {settings.public_url or '(from the request)'}")
     print(f"  admin api:       {'enabled' if settings.admin_token else 'disabled (no token)'}")

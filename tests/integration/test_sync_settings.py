@@ -71,7 +71,7 @@ def database_url(backend: Backend) -> str:
 @asynccontextmanager
 async def instance(tmp_path: Path, backend: Backend, **overrides: Any) -> AsyncIterator[Instance]:
     settings = build_settings(
-        tmp_path, database_url=database_url(backend), admin_token=TOKEN, **overrides
+        tmp_path, **{"database_url": database_url(backend), "admin_token": TOKEN, **overrides}
     )
     app = create_app(settings)
     async with running_server(app) as base, httpx.AsyncClient(timeout=10) as http:
@@ -301,3 +301,29 @@ async def test_a_malformed_put_is_a_400_in_the_error_shape(
         answer = await a.put(body)
         assert answer.status_code == 400
         assert answer.json()["error"] == "bad_request" and answer.json()["message"]
+
+
+NEW_ENDPOINTS = [
+    ("GET", "/admin/stages"),
+    ("GET", "/admin/sync-settings"),
+    ("PUT", "/admin/sync-settings"),
+    ("DELETE", "/admin/sync-settings"),
+    ("GET", "/admin/sync-settings/history"),
+    ("GET", "/admin/health"),
+    ("GET", "/admin/events.csv"),
+]
+
+
+async def test_the_new_admin_endpoints_need_the_token(tmp_path: Path) -> None:
+    backend = Backend("sqlite", f"sqlite:///{tmp_path / 'one.db'}")
+    async with instance(tmp_path, backend) as a:
+        for method, path in NEW_ENDPOINTS:
+            answer = await a.http.request(method, a.base + path, json={"version": 0})
+            assert answer.status_code == 401, (method, path)
+            assert answer.json()["error"] == "unauthorized"
+    async with instance(tmp_path, backend, admin_token="") as off:
+        for method, path in NEW_ENDPOINTS:
+            answer = await off.http.request(method, off.base + path, headers=AUTH, json={})
+            assert answer.status_code == 403, (method, path)
+    async with instance(tmp_path, backend) as a:
+        assert (await a.get("/admin/sync-settings")).json()["version"] == 0  # nothing saved

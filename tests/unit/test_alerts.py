@@ -5,8 +5,10 @@ from __future__ import annotations
 import httpx
 from structlog.testing import capture_logs
 
+from receiver.hubspot.payload import to_new_events
 from receiver.ops.alerts import ATTEMPTS, Alerts, Tally, alert_text
 from tests.fakes.doubles import InMemoryStore
+from tests.support.webhooks import event
 
 
 def test_the_text_sums_failures_by_code_and_names_refused_tokens_and_the_backlog() -> None:
@@ -55,3 +57,20 @@ async def test_reports_only_add_to_the_tally() -> None:
         alerts.token_refused("hubspot", "INVALID_AUTHENTICATION")
         assert alerts._tally.failed == {"A": 1, "unknown": 1}
         assert alerts._tally.refused == {"HubSpot API": {"INVALID_AUTHENTICATION"}}
+
+
+async def test_the_backlog_is_reported_only_past_the_threshold() -> None:
+    store = InMemoryStore()
+    now = {"t": 1_000.0}
+    async with httpx.AsyncClient() as http:
+        alerts = Alerts(http=http, url="http://127.0.0.1:9/x", store=store, interval_s=300,
+                        backlog_s=1800, clock=lambda: now["t"])  # fmt: skip
+        await alerts.check_backlog()
+        assert alerts._tally.empty()
+        await store.ingest(to_new_events([event(1, "lead")]), 1_000.0)
+        now["t"] = 1_000.0 + 1800
+        await alerts.check_backlog()
+        assert alerts._tally.empty()
+        now["t"] = 1_000.0 + 1801
+        await alerts.check_backlog()
+        assert alerts._tally.backlog_age_s == 1801
