@@ -168,7 +168,7 @@ async def _measure(backend: Backend, args: argparse.Namespace, token: bool, load
         contacts={i: {"lifecyclestage": "lead", "email": f"{i}@example.com"} for i in ids},
         latency_s=args.e2e_hubspot_latency,
     )
-    url = backend.fresh_url()
+    url = await asyncio.to_thread(backend.fresh_url)  # it runs a loop of its own
     try:
         async with running_server(fake.app) as hubspot_url:
             extra = {"hubspot_access_token": DEFAULT_TOKEN, "hubspot_api_url": hubspot_url}
@@ -186,7 +186,7 @@ async def _measure(backend: Backend, args: argparse.Namespace, token: bool, load
                 await settle(http, base, count)
         upserted, recorded = await _latencies(url, sent)
     finally:
-        backend.drop(url)
+        await asyncio.to_thread(backend.drop, url)
     return {
         "backend": backend.name,
         "hubspot": f"{args.e2e_hubspot_latency * 1000:.0f} ms" if token else "no token",

@@ -59,3 +59,8 @@ class AuthExpired(TransientError):
 
 class PermanentError(UpstreamError):
     """Retrying cannot help: the event goes to ``failed`` with this code and message."""
+
+
+class TokenRefused(PermanentError):
+    """The upstream refused a credential for good (a refresh token or client secret it
+    rejects): fails like any permanent error, and is alerted on as a refused token."""

@@ -132,3 +132,47 @@ class EventFilter:
     since: float | None = None  # received_at >= since (unix seconds)
     until: float | None = None  # received_at < until
     states: tuple[str, ...] = field(default_factory=tuple)
+    error_code: str | None = None  # last_error_code; "" matches failures without a code
+
+
+@dataclass(frozen=True, slots=True)
+class SyncValues:
+    """Which syncs are on and which lifecycle stages each takes."""
+
+    lead_sync: bool
+    contact_sync: bool
+    lead_stages: tuple[str, ...]
+    contact_stages: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SavedSyncSettings:
+    """The sync settings row: ``values`` None means the configured values are in force
+    (nothing saved yet, version 0, or a reset)."""
+
+    version: int
+    values: SyncValues | None
+    updated_at: float | None
+    updated_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettingsChange:
+    """One entry of the sync settings history: a save or a reset."""
+
+    version: int
+    at: float
+    by: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    """Failed events sharing one error code (``""`` for none)."""
+
+    code: str
+    message: str | None
+    count: int
+    first_at: float
+    last_at: float
+    sample_event_ids: tuple[int, ...]

@@ -63,6 +63,8 @@ class Settings(EnvOverFileSettings):
     signature_max_age_s: int = Field(300, gt=0)
     lead_stages: StageList = Field(default_factory=lambda: list(DEFAULT_LEAD_STAGES))
     contact_stages: StageList = Field(default_factory=lambda: list(DEFAULT_CONTACT_STAGES))
+    lead_sync: bool = True
+    contact_sync: bool = True
     database_url: str = "sqlite:///stagesync.db"
     target: str = "dry-run"
     admin_token: SecretStr | None = None
@@ -79,6 +81,10 @@ class Settings(EnvOverFileSettings):
     ready_max_pending_age_s: float = Field(0.0, ge=0, description="0 disables the check")
     dispatch_concurrency: int = Field(4, ge=1, description="target calls in flight")
     lease_s: float = Field(60.0, gt=0)
+    # A secret: a Slack incoming-webhook URL lets anyone who has it post to the channel.
+    alert_webhook_url: SecretStr | None = None
+    alert_interval_s: float = Field(300.0, gt=0)
+    alert_backlog_s: float = Field(1800.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -106,6 +112,18 @@ class Settings(EnvOverFileSettings):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return check_url(value)
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _alert_url(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value().strip() if value is not None else ""
+        if not text:
+            return None
+        try:
+            check_url(text)
+        except ValueError:
+            raise ValueError("must be an http or https URL") from None  # never echoed
+        return SecretStr(text)
 
     @field_validator("target")
     @classmethod

@@ -19,7 +19,9 @@ from typing import Any
 
 import orjson
 
+from receiver.cli import sync_settings
 from receiver.cli.store import database_label, no_work, with_store
+from receiver.dispatch.sync_settings import status_fields
 from receiver.errors import ConfigError
 from receiver.models import STATES, EventFilter
 from receiver.ops.presenters import event_json, history_json, iso, record_json
@@ -131,6 +133,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print("configuration OK")
@@ -138,6 +144,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  database:        {database_label(settings.database_url)}")
     print(f"  lead stages:     {', '.join(settings.lead_stages)}")
     print(f"  contact stages:  {', '.join(settings.contact_stages)}")
+    print(
+        f"  syncs:           lead {_on(settings.lead_sync)}, contact {_on(settings.contact_sync)}"
+    )
+    print(f"  alerts:          {'on' if settings.alert_webhook_url else 'off'}")
     print(f"  hubspot fetch:   {'on' if settings.hubspot_token else 'off (webhook data only)'}")
     print(f"  public url:      {settings.public_url or '(from the request)'}")
     print(f"  admin api:       {'enabled' if settings.admin_token else 'disabled (no token)'}")
@@ -150,7 +160,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, need_secret=False)
 
     async def work(store: EventStore) -> int:
-        doc = await build_status(store, settings, time.time())
+        doc = await build_status(
+            store, settings, time.time(), extra=await status_fields(store, settings)
+        )
         if args.json:
             _print_json(doc)
             return 0
@@ -165,6 +177,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  last sync:          {doc['last_sync_at'] or 'never'}")
         print(f"  lead stages:        {', '.join(doc['lead_stages'])}")
         print(f"  contact stages:     {', '.join(doc['contact_stages'])}")
+        sync = doc["sync_settings"]
+        print(
+            f"  sync settings:      version {sync['version']} ({sync['source']}),"
+            f" lead sync {'on' if sync['lead_sync'] else 'off'},"
+            f" contact sync {'on' if sync['contact_sync'] else 'off'}"
+        )
         return 0
 
     return asyncio.run(with_store(settings, work))
@@ -385,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="lead")
     p.add_argument("--object-id", type=_object_id, metavar="N")
     p.add_argument("--secret", help="client secret to sign with (default: the configured one)")
+    sync_settings.register(command)
     return parser
 
 

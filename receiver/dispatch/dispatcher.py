@@ -47,7 +47,7 @@ from typing import Protocol
 
 from receiver.dispatch.work import Job
 from receiver.dispatch.workers import TargetWorkers
-from receiver.errors import RateLimited
+from receiver.errors import AuthExpired, RateLimited, TokenRefused
 from receiver.models import ClaimedContact, ContactUpdate, Outcome
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
@@ -76,6 +76,18 @@ BACKLOG_S = 1.0
 SLICE = 25
 #: While webhook commits keep coming, at most one claim round per this many seconds.
 INGEST_PACE_S = 0.1
+
+
+class FailureObserver(Protocol):
+    """Told of failures as they are recorded (the alerts); must not block."""
+
+    def failed(self, events: Sequence[tuple[int, str | None]]) -> None:
+        """Events that went to ``failed``, as ``(event id, error code)``."""
+        ...
+
+    def token_refused(self, api: str, code: str) -> None:
+        """``api`` (``hubspot`` or ``target``) refused its token."""
+        ...
 
 
 class ContactReader(Protocol):
@@ -107,10 +119,16 @@ class Dispatcher:
         max_in_flight: int | None = None,
         clock: Callable[[], float] = time.time,
         ingest_pace_s: float = INGEST_PACE_S,
+        live_routing: Callable[[], RoutingConfig] | None = None,
+        alerts: FailureObserver | None = None,
     ) -> None:
         self.store = store
         self.hubspot = hubspot
         self.routing = routing
+        #: The routing in force, read once per round (the live sync settings); else
+        #: ``routing`` always.
+        self.live_routing = live_routing
+        self.alerts = alerts
         self.retry = retry
         self.mappings = mappings
         self.metrics = metrics
@@ -240,21 +258,22 @@ class Dispatcher:
         if not claimed:
             self.workers.flush()  # the backlog is drained: what is staged goes now
             return False
+        routing = self.live_routing() if self.live_routing is not None else self.routing
         jobs = []
         for n, contact in enumerate(claimed, 1):
-            jobs.append(self._plan(contact, now))
+            jobs.append(self._plan(contact, now, routing))
             await _breathe(n)
         self._in_flight += len(jobs)
         for job in jobs:
             self._leased[job.object_id] = job
         if self._backlog(claimed, now):
             read = asyncio.create_task(
-                self._background(jobs, now, backlog=True), name="dispatcher-read"
+                self._background(jobs, now, routing, backlog=True), name="dispatcher-read"
             )
             self._reads.add(read)
             read.add_done_callback(self._reads.discard)
         else:
-            await self._prepare(jobs, now)
+            await self._prepare(jobs, now, routing)
         return True
 
     def _backlog(self, claimed: Sequence[ClaimedContact], now: float) -> bool:
@@ -263,16 +282,20 @@ class Dispatcher:
         oldest = min(e.received_at for c in claimed for e in c.events)
         return now - oldest > BACKLOG_S
 
-    async def _background(self, jobs: list[Job], now: float, *, backlog: bool = False) -> None:
+    async def _background(
+        self, jobs: list[Job], now: float, routing: RoutingConfig, *, backlog: bool = False
+    ) -> None:
         try:
-            await self._prepare(jobs, now, backlog=backlog)
+            await self._prepare(jobs, now, routing, backlog=backlog)
         except Exception:
             log.exception("dispatch_round_failed")
 
-    async def _prepare(self, jobs: list[Job], now: float, *, backlog: bool = False) -> None:
+    async def _prepare(
+        self, jobs: list[Job], now: float, routing: RoutingConfig, *, backlog: bool = False
+    ) -> None:
         """Fetch and decide ``jobs``, queue the remote work, record what is done."""
         try:
-            await self._resolve(jobs, now)
+            await self._resolve(jobs, now, routing)
             later = self.clock()
             done = [j for j in jobs if j.op is None]
             remote = [j for j in jobs if j.op is not None]
@@ -290,15 +313,15 @@ class Dispatcher:
             self._give_up([j for j in jobs if j not in queued], "round_failed")
             raise
 
-    def _plan(self, claimed: ClaimedContact, now: float) -> Job:
+    def _plan(self, claimed: ClaimedContact, now: float, routing: RoutingConfig) -> Job:
         return Job(
             claimed,
-            plan_contact(claimed.events, claimed.state, self.routing),
+            plan_contact(claimed.events, claimed.state, routing),
             lease_until=now + self.lease_s,
             start_by=now + self.lease_s * START_WITHIN,
         )
 
-    async def _resolve(self, jobs: list[Job], now: float) -> None:
+    async def _resolve(self, jobs: list[Job], now: float, routing: RoutingConfig) -> None:
         """Fetch current properties for the jobs that sync, and decide each one."""
         syncing = [j for j in jobs if j.plan.carrier is not None and j.plan.delete is None]
         if not syncing:
@@ -317,14 +340,16 @@ class Dispatcher:
                 return
         for n, job in enumerate(syncing, 1):
             if fetched is not None:
-                job.resolve(fetched.get(job.object_id), self.routing, self.mappings)
+                job.resolve(fetched.get(job.object_id), routing, self.mappings)
             else:
-                job.resolve_from_webhook(self.routing, self.mappings)
+                job.resolve_from_webhook(routing, self.mappings)
             await _breathe(n)
 
     def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException, api: str, streak: int) -> None:
         """Put ``exc``'s outcome on each job; ``streak`` counts ``api``'s rate limits in a row."""
         now = self.clock()
+        if self.alerts is not None and isinstance(exc, AuthExpired | TokenRefused):
+            self.alerts.token_refused(api, exc.code)
         for job in jobs:
             event = job.main_event
             assert event is not None
@@ -360,6 +385,10 @@ class Dispatcher:
         self._finish(jobs)
         if self.metrics is not None:
             self._observe(jobs, outcomes, now)
+        if self.alerts is not None:
+            self.alerts.failed(
+                [(o.event_id, o.error_code) for o in outcomes if o.state == "failed"]
+            )
 
     def _finish(self, jobs: Sequence[Job]) -> None:
         """Free the in-flight slots of ``jobs`` and look for work they may have hidden."""

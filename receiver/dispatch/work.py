@@ -115,7 +115,7 @@ class Job:
             decision = Decision(None, "stage-not-synced")
         if decision.kind is None:
             self.result.append(Outcome(carrier.id, "skipped", reason=decision.reason, stage=stage))
-            if decision.reason == "stage-not-synced":
+            if decision.reason in ("stage-not-synced", "sync-off"):
                 # Remember the stage (and the time) so an older event stays stale and a
                 # token-less property change knows where the contact stands.
                 self.contact = ContactUpdate(

@@ -132,7 +132,8 @@ class HubSpotClient:
             # Checked here so that httpx never gets to quote a bad header in an error.
             raise ValueError("the HubSpot access token is empty or not a valid header value")
         self._http = http
-        self._url = base_url.rstrip("/") + BATCH_READ_PATH
+        self._base = base_url.rstrip("/")
+        self._url = self._base + BATCH_READ_PATH
         self._token = token
         self._pacer = pacer
         self._on_call = on_call
@@ -164,33 +165,50 @@ class HubSpotClient:
     async def _read_chunk(
         self, chunk: list[int], properties: list[str], now: float
     ) -> dict[int, Properties]:
+        body = {"inputs": [{"id": str(i)} for i in chunk], "properties": properties}
+        response = await self._call(
+            "POST", self._url, now, "batch read", params={"archived": "false"}, json=body
+        )
+        return self._parse_found(response, set(chunk))
+
+    async def get_json(self, path: str, now: float) -> dict[str, Any]:
+        """``GET {base}{path}``'s JSON object, with the pacer and error mapping of every
+        call (the stage catalogue reads the ``lifecyclestage`` property this way)."""
+        response = await self._call("GET", self._base + path, now, "read")
+        payload = _json_object(response)
+        if payload is None:
+            raise TransientError(
+                "bad_response", f"HubSpot answered {response.status_code} without a JSON object"
+            )
+        return payload
+
+    async def _call(
+        self, method: str, url: str, now: float, what: str, **kwargs: Any
+    ) -> httpx.Response:
+        """One paced call; a 2xx answer, or the error it maps to."""
         if now < self._daily_until:
             # The SPEC re-checks a spent DAILY limit every 15 minutes, not on every round:
             # each call before then would only earn another 429. Not the shared pacer:
             # holding every caller that long would stall the dispatcher.
             raise RateLimited("RATE_LIMIT", self._daily_message, self._daily_until - now)
-        body = {"inputs": [{"id": str(i)} for i in chunk], "properties": properties}
         await self._pacer.acquire()
         try:
-            response = await self._http.post(
-                self._url,
-                params={"archived": "false"},
-                json=body,
-                headers={"Authorization": f"Bearer {self._token}"},
+            response = await self._http.request(
+                method, url, headers={"Authorization": f"Bearer {self._token}"}, **kwargs
             )
         except httpx.TimeoutException as exc:
-            raise self._network_error("timeout", "timed out", exc) from None
+            raise self._network_error("timeout", f"{what} timed out", exc) from None
         except httpx.ConnectError as exc:
-            raise self._network_error("connect_error", "could not connect", exc) from None
+            raise self._network_error("connect_error", f"{what} could not connect", exc) from None
         except httpx.TransportError as exc:
-            raise self._network_error("network_error", "failed", exc) from None
+            raise self._network_error("network_error", f"{what} failed", exc) from None
         finally:
             self._pacer.done()
 
         status = response.status_code
         self._record(status_class(status))
-        if status in (200, 207):
-            return self._parse_found(response, set(chunk))
+        if 200 <= status < 300:
+            return response
         payload = _json_object(response) or {}
         detail = self._detail(payload, response)
         if status == 429:
@@ -266,7 +284,7 @@ class HubSpotClient:
     def _network_error(self, code: str, what: str, exc: httpx.TransportError) -> TransientError:
         self._record("error")
         reason = str(exc) or type(exc).__name__
-        return TransientError(code, self._scrub(f"HubSpot batch read {what}: {reason}"))
+        return TransientError(code, self._scrub(f"HubSpot {what}: {reason}"))
 
     def _record(self, status_class: str) -> None:
         if self._on_call is not None:

@@ -56,7 +56,10 @@ async def build_status(
     started_at: float | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``/status`` document. Holds no secret: only counts, stages and names."""
+    """The ``/status`` document. Holds no secret: only counts, stages and names.
+
+    ``extra`` adds or overrides keys: the sync settings in force, the target's API use.
+    """
     counts_by_reason = await store.counts()
     counts = {state: sum(counts_by_reason.get(state, {}).values()) for state in STATES}
     skipped = {r: n for r, n in counts_by_reason.get("skipped", {}).items() if n}

@@ -13,10 +13,14 @@ from receiver.models import (
     ContactState,
     ContactUpdate,
     EventFilter,
+    FailureGroup,
     HistoryEntry,
     NewEvent,
     Outcome,
+    SavedSyncSettings,
     StoredEvent,
+    SyncSettingsChange,
+    SyncValues,
     TargetRecord,
 )
 
@@ -192,4 +196,32 @@ class EventStore(Protocol):
 
     async def list_records(self, kind: str | None = None) -> list[TargetRecord]:
         """Dry-run target: what it holds, newest upsert first."""
+        ...
+
+    async def load_sync_settings(self) -> SavedSyncSettings | None:
+        """The saved sync settings, or None while nothing was ever saved."""
+        ...
+
+    async def sync_settings_version(self) -> int:
+        """The sync settings' version (0: nothing saved): one cheap read, polled."""
+        ...
+
+    async def save_sync_settings(
+        self,
+        values: SyncValues | None,
+        expected_version: int,
+        at: float,
+        by: str,
+        changes: dict[str, Any],
+    ) -> SavedSyncSettings | None:
+        """Save ``values`` (None: a reset to the configured values) with a history entry,
+        if the version is still ``expected_version``; None on a conflict. Durable."""
+        ...
+
+    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
+        """The sync settings' changes, newest first."""
+        ...
+
+    async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
+        """Failed events grouped by error code, largest group first."""
         ...

@@ -14,7 +14,10 @@ from receiver.models import (
     ContactUpdate,
     EventFilter,
     Outcome,
+    SavedSyncSettings,
     StoredEvent,
+    SyncSettingsChange,
+    SyncValues,
 )
 
 EVENT_COLUMNS = (
@@ -118,6 +121,8 @@ def filter_sql(
         parts.append(f"received_at >= {param(flt.since)}")
     if flt.until is not None:
         parts.append(f"received_at < {param(flt.until)}")
+    if flt.error_code is not None:
+        parts.append(f"coalesce(last_error_code, '') = {param(flt.error_code)}")
     return " AND ".join(parts) if parts else "1 = 1"
 
 
@@ -142,3 +147,44 @@ class DollarParams:
     def __call__(self, value: Any) -> str:
         self.values.append(value)
         return f"${self.start + len(self.values)}"
+
+
+def sync_values_json(values: SyncValues | None) -> bytes | None:
+    """Saved sync settings as the stores keep them (None: the configured values)."""
+    if values is None:
+        return None
+    return orjson.dumps(
+        {
+            "lead_sync": values.lead_sync,
+            "contact_sync": values.contact_sync,
+            "lead_stages": list(values.lead_stages),
+            "contact_stages": list(values.contact_stages),
+        }
+    )
+
+
+def saved_sync_settings(
+    version: int, saved: str | bytes | None, updated_at: float | None, updated_by: str | None
+) -> SavedSyncSettings | None:
+    """The sync settings row; None while nothing was ever saved (version 0)."""
+    if version == 0:
+        return None
+    values = None
+    if saved is not None:
+        doc = orjson.loads(saved)
+        values = SyncValues(
+            bool(doc["lead_sync"]),
+            bool(doc["contact_sync"]),
+            tuple(doc["lead_stages"]),
+            tuple(doc["contact_stages"]),
+        )
+    return SavedSyncSettings(
+        version, values, float(updated_at) if updated_at is not None else None, updated_by
+    )
+
+
+def sync_settings_change(
+    version: int, at: float, by: str, changes: str | bytes
+) -> SyncSettingsChange:
+    """One history row."""
+    return SyncSettingsChange(int(version), float(at), by, orjson.loads(changes))

@@ -36,6 +36,8 @@ class RoutingConfig:
     on_delete: Literal["ignore", "delete"] = "ignore"
     properties: frozenset[str] | None = None
     promotion: Literal["create-contact", "convert"] = "create-contact"
+    lead_sync: bool = True
+    contact_sync: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +58,10 @@ def decide(stage: str | None, previous_kind: str | None, config: RoutingConfig) 
     if stage is None:
         return Decision(None, "stage-unknown")
     if stage in config.contact_stages:
-        return Decision("contact")
+        return Decision("contact") if config.contact_sync else Decision(None, "sync-off")
     if stage in config.lead_stages:
+        if not config.lead_sync:
+            return Decision(None, "sync-off")
         if previous_kind == "contact":
             return Decision("contact", "no-demotion")
         return Decision("lead")

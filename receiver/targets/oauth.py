@@ -38,7 +38,14 @@ from typing import Any
 import httpx
 import structlog
 
-from receiver.errors import AuthExpired, PermanentError, RateLimited, TransientError, UpstreamError
+from receiver.errors import (
+    AuthExpired,
+    PermanentError,
+    RateLimited,
+    TokenRefused,
+    TransientError,
+    UpstreamError,
+)
 from receiver.targets.http import json_or_none, retry_after, status_class
 
 __all__ = ["Token", "TokenSource", "json_or_none", "status_class"]
@@ -248,7 +255,7 @@ class TokenSource:
             if description and "too many requests" in description.lower():
                 # Zoho's answer to token requests in quick succession.
                 raise RateLimited(error or "too_many_requests", self.scrub(description), 60.0)
-            raise PermanentError(
+            raise TokenRefused(
                 error or f"http_{status}",
                 self.scrub(
                     f"{self.label} refused the token request"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,8 +18,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from receiver.dispatch.dispatcher import Dispatcher
+from receiver.dispatch.sync_settings import LiveSyncSettings
 from receiver.hubspot.client import HubSpotClient
 from receiver.hubspot.pacer import RequestPacer
+from receiver.hubspot.stages import StageCatalogue
+from receiver.ops.alerts import Alerts
 from receiver.ops.logging import RequestIdMiddleware, get_logger
 from receiver.ops.metrics import Metrics
 from receiver.ops.retention import start_retention
@@ -111,17 +115,33 @@ def _build_context(
         kind: merge_mapping(target.default_mapping(kind), settings.mapping.get(kind, {}))
         for kind in ("lead", "contact")
     }
+    routing = RoutingConfig(
+        lead_stages=frozenset(settings.lead_stages),
+        contact_stages=frozenset(settings.contact_stages),
+        on_delete=settings.on_delete,
+        properties=frozenset(hubspot_properties(*mappings.values())),
+        promotion=settings.promotion,
+        lead_sync=settings.lead_sync,
+        contact_sync=settings.contact_sync,
+    )
+    live = LiveSyncSettings(store, settings, routing)
+    alerts = None
+    if settings.alert_webhook_url is not None:
+        alerts = Alerts(
+            http=client,
+            url=settings.alert_webhook_url.get_secret_value(),
+            store=store,
+            interval_s=settings.alert_interval_s,
+            backlog_s=settings.alert_backlog_s,
+            clock=clock,
+        )
     dispatcher = Dispatcher(
         store=store,
         target=target,
         hubspot=hubspot,
-        routing=RoutingConfig(
-            frozenset(settings.lead_stages),
-            frozenset(settings.contact_stages),
-            settings.on_delete,
-            frozenset(hubspot_properties(*mappings.values())),
-            settings.promotion,
-        ),
+        routing=routing,
+        live_routing=live.routing,
+        alerts=alerts,
         retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.max_attempts),
         mappings=mappings,
         metrics=metrics,
@@ -139,6 +159,9 @@ def _build_context(
         started_at=clock(),
         secret=settings.hubspot_client_secret.get_secret_value(),
         max_body=settings.max_body_bytes,
+        sync_settings=live,
+        stages=StageCatalogue(hubspot),
+        alerts=alerts,
     )
 
 
@@ -176,6 +199,7 @@ def create_app(
         app.state.ctx = ctx
         dispatcher, target = ctx.dispatcher, ctx.target
         store.add_commit_listener(dispatcher.wake)
+        await ctx.sync_settings.refresh()  # the saved settings before the first round
         dispatcher.start()
         background = _start_background(ctx)
         log.info(
@@ -205,4 +229,8 @@ def create_app(
 
 
 def _start_background(ctx: AppContext) -> list[Any]:
-    return start_retention(ctx.store, ctx.clock, int(ctx.settings.retention_days))
+    tasks: list[Any] = start_retention(ctx.store, ctx.clock, int(ctx.settings.retention_days))
+    tasks.append(asyncio.create_task(ctx.sync_settings.run(), name="sync-settings-poll"))
+    if ctx.alerts is not None:
+        tasks.append(asyncio.create_task(ctx.alerts.run(), name="alerts"))
+    return tasks

@@ -6,6 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from receiver.dispatch.dispatcher import Dispatcher
+from receiver.dispatch.sync_settings import LiveSyncSettings
+from receiver.hubspot.stages import StageCatalogue
+from receiver.ops.alerts import Alerts
 from receiver.ops.metrics import Metrics
 from receiver.settings import Settings
 from receiver.store.base import EventStore
@@ -25,3 +28,6 @@ class AppContext:
     started_at: float
     secret: str
     max_body: int
+    sync_settings: LiveSyncSettings
+    stages: StageCatalogue
+    alerts: Alerts | None

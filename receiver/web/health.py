@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from receiver.dispatch.sync_settings import status_fields_of
 from receiver.errors import StoreError
 from receiver.ops.logging import get_logger
 from receiver.ops.status import build_status
@@ -70,6 +71,7 @@ async def status(request: Request) -> Response:
     """Counts, backlog age, last sync, stages, version and uptime."""
     ctx = ctx_of(request)
     extra = {"target_api": ctx.target.api_status()}
+    extra.update(status_fields_of(ctx.sync_settings.current))  # what this instance uses
     doc = await build_status(ctx.store, ctx.settings, ctx.clock(), ctx.started_at, extra)
     return JSON(doc)
 

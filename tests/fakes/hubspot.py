@@ -69,6 +69,9 @@ class FakeHubSpot:
     ids_per_call: list[int] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
+    #: the ``lifecyclestage`` property's options, as HubSpot lists them (custom ones too)
+    stage_options: list[dict[str, Any]] = field(default_factory=lambda: default_stage_options())
+    property_reads: int = 0
     _window: deque[float] = field(init=False, default_factory=deque)
     app: Starlette = field(init=False)
 
@@ -77,6 +80,11 @@ class FakeHubSpot:
             routes=[
                 Route("/crm/v3/objects/contacts/batch/read", self._batch_read, methods=["POST"]),
                 Route("/crm/v3/objects/contacts/{object_id}", self._read_one, methods=["GET"]),
+                Route(
+                    "/crm/v3/properties/contacts/lifecyclestage",
+                    self._stage_property,
+                    methods=["GET"],
+                ),
             ]
         )
 
@@ -145,6 +153,27 @@ class FakeHubSpot:
             return self._answer(404, _error("resource not found", category="OBJECT_NOT_FOUND"))
         wanted = [p for v in request.query_params.getlist("properties") for p in v.split(",") if p]
         return self._answer(200, self._object(int(raw_id), contact, wanted))
+
+    async def _stage_property(self, request: Request) -> JSONResponse:
+        self.property_reads += 1
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        return self._answer(
+            200,
+            {
+                "name": "lifecyclestage",
+                "label": "Lifecycle Stage",
+                "type": "enumeration",
+                "fieldType": "radio",
+                "groupName": "contactinformation",
+                "options": self.stage_options,
+                "calculated": False,
+                "hasUniqueValue": False,
+                "hidden": False,
+                "formField": True,
+            },
+        )
 
     async def _gate(self, request: Request) -> JSONResponse | None:
         """Latency, then auth, then injected failures, then the real rolling limit."""
@@ -233,6 +262,34 @@ class FakeHubSpot:
             "X-HubSpot-RateLimit-Remaining": str(max(0, limit - used)),
         }
         return JSONResponse(body, status_code=status, headers={**rate_headers, **(headers or {})})
+
+
+DEFAULT_STAGE_LABELS = (
+    ("subscriber", "Subscriber"),
+    ("lead", "Lead"),
+    ("marketingqualifiedlead", "Marketing Qualified Lead"),
+    ("salesqualifiedlead", "Sales Qualified Lead"),
+    ("opportunity", "Opportunity"),
+    ("customer", "Customer"),
+    ("evangelist", "Evangelist"),
+    ("other", "Other"),
+)
+
+
+def stage_option(value: str, label: str, order: int, hidden: bool = False) -> dict[str, Any]:
+    """One option of the ``lifecyclestage`` property, as HubSpot answers it."""
+    return {
+        "label": label,
+        "value": value,
+        "displayOrder": order,
+        "hidden": hidden,
+        "description": "",
+    }
+
+
+def default_stage_options() -> list[dict[str, Any]]:
+    """A portal's default lifecycle stages."""
+    return [stage_option(v, label, n) for n, (v, label) in enumerate(DEFAULT_STAGE_LABELS)]
 
 
 def create_fake_hubspot(

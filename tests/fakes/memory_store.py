@@ -26,10 +26,14 @@ from receiver.models import (
     ContactState,
     ContactUpdate,
     EventFilter,
+    FailureGroup,
     HistoryEntry,
     NewEvent,
     Outcome,
+    SavedSyncSettings,
     StoredEvent,
+    SyncSettingsChange,
+    SyncValues,
     TargetRecord,
 )
 from receiver.store.base import IngestResult, ReplayRefusal, split_replayable
@@ -51,6 +55,7 @@ def _matches(event: StoredEvent, flt: EventFilter) -> bool:
         and (flt.object_id is None or event.object_id == flt.object_id)
         and (flt.since is None or event.received_at >= flt.since)
         and (flt.until is None or event.received_at < flt.until)
+        and (flt.error_code is None or (event.last_error_code or "") == flt.error_code)
     )
 
 
@@ -72,6 +77,8 @@ class InMemoryStore:
         self.synced_at: float | None = None
         self._listeners: list[Callable[[], None]] = []
         self._next_id = 1
+        self.saved_sync: SavedSyncSettings | None = None
+        self.sync_history: list[SyncSettingsChange] = []
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -353,3 +360,52 @@ class InMemoryStore:
         """Records, newest upsert first."""
         held = [r for r in self.records_held.values() if kind is None or r.kind == kind]
         return sorted(held, key=lambda r: -r.upserted_at)
+
+    async def load_sync_settings(self) -> SavedSyncSettings | None:
+        """The saved sync settings, or None."""
+        return self.saved_sync
+
+    async def sync_settings_version(self) -> int:
+        """The sync settings' version."""
+        return self.saved_sync.version if self.saved_sync else 0
+
+    async def save_sync_settings(
+        self,
+        values: SyncValues | None,
+        expected_version: int,
+        at: float,
+        by: str,
+        changes: dict[str, Any],
+    ) -> SavedSyncSettings | None:
+        """Compare-and-set on the version."""
+        if await self.sync_settings_version() != expected_version:
+            return None
+        self.saved_sync = SavedSyncSettings(expected_version + 1, values, at, by)
+        self.sync_history.insert(0, SyncSettingsChange(expected_version + 1, at, by, changes))
+        return self.saved_sync
+
+    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
+        """Newest first."""
+        return self.sync_history[:limit]
+
+    async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
+        """Failed events by code, largest first."""
+        by_code: dict[str, list[StoredEvent]] = defaultdict(list)
+        for row in self.rows.values():
+            if row.event.state == "failed":
+                by_code[row.event.last_error_code or ""].append(row.event)
+        groups = []
+        for code, events in by_code.items():
+            events.sort(key=lambda e: e.id, reverse=True)
+            groups.append(
+                FailureGroup(
+                    code,
+                    events[0].last_error_message,
+                    len(events),
+                    min(e.updated_at for e in events),
+                    max(e.updated_at for e in events),
+                    tuple(e.id for e in events[:samples]),
+                )
+            )
+        groups.sort(key=lambda g: (-g.count, g.code))
+        return groups[:limit]

@@ -95,7 +95,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield Backend("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
         return
     if request.param == "memory":
-        yield Backend("memory", "")
+        yield Backend("memory", "memory:")  # no database URL: a service on it fails loudly
         return
     async with fresh_schema(postgres_dsn()) as dsn:
         yield Backend("postgres", dsn)

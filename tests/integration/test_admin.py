@@ -457,6 +457,7 @@ async def test_bulk_replay_by_filter_replays_only_matching_events_and_answers_th
         "object_id": 2,
         "since": None,
         "until": None,
+        "error_code": None,
     }
     assert lines[1]["filter"]["since"] == "2026-01-01T00:30:00.000Z"
     assert all(line["token_fingerprint"] == lines[0]["token_fingerprint"] for line in lines)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.errors import AuthExpired, PermanentError, RateLimited, TransientError
+from receiver.errors import AuthExpired, PermanentError, RateLimited, TokenRefused, TransientError
 from receiver.targets.oauth import EARLY_S, Token, TokenSource
 
 TOKEN_URL = "https://login.example.com/token"
@@ -149,11 +149,11 @@ async def test_without_a_grant_a_refusal_raises_the_targets_own_error(make: Fact
         (httpx.Response(429, headers={"Retry-After": "7"}), RateLimited, "http_429"),
         (
             httpx.Response(400, json={"error": "invalid_client", "error_description": "bad"}),
-            PermanentError,
+            TokenRefused,  # a PermanentError that the alerts report as a refused token
             "invalid_client",
         ),
         # Zoho answers a refused refresh token with 200 and an error body.
-        (httpx.Response(200, json={"error": "invalid_code"}), PermanentError, "invalid_code"),
+        (httpx.Response(200, json={"error": "invalid_code"}), TokenRefused, "invalid_code"),
         (
             httpx.Response(
                 400,

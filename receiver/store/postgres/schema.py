@@ -159,4 +159,27 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX records_upserted ON records(upserted_at)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL)",
     ],
+    # Sync settings saved through the admin API, the page or the CLI (one row, version 0
+    # until the first save), and every change. Failure groups read failed events by code.
+    [
+        """
+        CREATE TABLE sync_settings (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            saved JSONB,
+            updated_at DOUBLE PRECISION,
+            updated_by TEXT
+        )
+        """,
+        "INSERT INTO sync_settings (id, version) VALUES (1, 0)",
+        """
+        CREATE TABLE sync_settings_history (
+            version INTEGER PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            by TEXT NOT NULL,
+            changes JSONB NOT NULL
+        )
+        """,
+        "CREATE INDEX events_failed_code ON events(last_error_code, id) WHERE state = 'failed'",
+    ],
 ]

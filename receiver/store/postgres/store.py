@@ -37,10 +37,14 @@ from receiver.models import (
     ContactState,
     ContactUpdate,
     EventFilter,
+    FailureGroup,
     HistoryEntry,
     NewEvent,
     Outcome,
+    SavedSyncSettings,
     StoredEvent,
+    SyncSettingsChange,
+    SyncValues,
     TargetRecord,
 )
 from receiver.ops.logging import get_logger
@@ -51,8 +55,10 @@ from receiver.store.group_commit import GroupCommitter, IngestRequest, first_cop
 from receiver.store.health import storage_failure
 from receiver.store.postgres import bulk as bulk
 from receiver.store.postgres import dispatch as dispatch
+from receiver.store.postgres import failures as failures
 from receiver.store.postgres import records as records
 from receiver.store.postgres import sql as q
+from receiver.store.postgres import sync_settings as sync_settings
 from receiver.store.postgres.listen import NotifyListener
 from receiver.store.postgres.schema import MIGRATIONS, SCHEMA_TABLE
 from receiver.store.replay import purge_in_chunks, replay_in_chunks
@@ -340,3 +346,32 @@ class PostgresStore:
     async def list_records(self, kind: str | None = None) -> list[TargetRecord]:
         """What the dry-run target holds, newest upsert first."""
         return await records.listing(self.pool, kind)
+
+    # -- sync settings and failure groups ---------------------------------------------
+
+    async def load_sync_settings(self) -> SavedSyncSettings | None:
+        """The saved sync settings, or None while nothing was ever saved."""
+        return await sync_settings.load(self.pool)
+
+    async def sync_settings_version(self) -> int:
+        """The sync settings' version (0: nothing saved)."""
+        return await sync_settings.version(self.pool)
+
+    async def save_sync_settings(
+        self,
+        values: SyncValues | None,
+        expected_version: int,
+        at: float,
+        by: str,
+        changes: dict[str, Any],
+    ) -> SavedSyncSettings | None:
+        """Compare-and-set on the version, with a history entry; None on a conflict."""
+        return await sync_settings.save(self.pool, values, expected_version, at, by, changes)
+
+    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
+        """The sync settings' changes, newest first."""
+        return await sync_settings.history(self.pool, limit)
+
+    async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
+        """Failed events grouped by error code, largest group first."""
+        return await failures.failure_groups(self.pool, samples, limit)

@@ -147,6 +147,29 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX events_unlisted",
         "CREATE INDEX events_unlisted ON events(id, object_id, listed) WHERE NOT listed",
     ],
+    # Sync settings saved through the admin API, the page or the CLI (one row, version 0
+    # until the first save), and every change. Failure groups read failed events by code.
+    [
+        """
+        CREATE TABLE sync_settings (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            saved TEXT,
+            updated_at REAL,
+            updated_by TEXT
+        )
+        """,
+        "INSERT INTO sync_settings (id, version) VALUES (1, 0)",
+        """
+        CREATE TABLE sync_settings_history (
+            version INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            by TEXT NOT NULL,
+            changes TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX events_failed_code ON events(last_error_code, id) WHERE state = 'failed'",
+    ],
 ]
 
 # Events of one contact (two placeholders for the same id): the listed ones through the

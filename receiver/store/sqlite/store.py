@@ -29,10 +29,14 @@ from receiver.models import (
     ContactState,
     ContactUpdate,
     EventFilter,
+    FailureGroup,
     HistoryEntry,
     NewEvent,
     Outcome,
+    SavedSyncSettings,
     StoredEvent,
+    SyncSettingsChange,
+    SyncValues,
     TargetRecord,
 )
 from receiver.store import sql as shared
@@ -41,6 +45,8 @@ from receiver.store.replay import purge_in_chunks, replay_in_chunks
 from receiver.store.rows import QmarkParams, event_from_row, storable
 from receiver.store.sqlite import bulk as sqlite_bulk
 from receiver.store.sqlite import dispatch as sqlite_dispatch
+from receiver.store.sqlite import failures as sqlite_failures
+from receiver.store.sqlite import sync_settings as sqlite_sync_settings
 from receiver.store.sqlite.checkpoint import Checkpointer
 from receiver.store.sqlite.ingest import SQLiteIngest
 from receiver.store.sqlite.schema import CONTACT_MATCH, migrate
@@ -315,3 +321,34 @@ class SQLiteStore:
         async with self._rc.execute(sql + " ORDER BY upserted_at DESC", params) as cur:
             rows = await cur.fetchall()
         return [TargetRecord(r[0], r[1], r[2], orjson.loads(r[3]), float(r[4])) for r in rows]
+
+    # -- sync settings and failure groups ---------------------------------------------
+
+    async def load_sync_settings(self) -> SavedSyncSettings | None:
+        """The saved sync settings, or None while nothing was ever saved."""
+        return await sqlite_sync_settings.load(self._rc)
+
+    async def sync_settings_version(self) -> int:
+        """The sync settings' version (0: nothing saved)."""
+        return await sqlite_sync_settings.version(self._rc)
+
+    async def save_sync_settings(
+        self,
+        values: SyncValues | None,
+        expected_version: int,
+        at: float,
+        by: str,
+        changes: dict[str, Any],
+    ) -> SavedSyncSettings | None:
+        """Compare-and-set on the version, with a history entry; None on a conflict."""
+        return await self._wr.transaction(
+            sqlite_sync_settings.save, values, expected_version, at, by, changes, durable=True
+        )
+
+    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
+        """The sync settings' changes, newest first."""
+        return await sqlite_sync_settings.history(self._rc, limit)
+
+    async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
+        """Failed events grouped by error code, largest group first."""
+        return await sqlite_failures.failure_groups(self._rc, samples, limit)

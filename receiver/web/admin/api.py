@@ -43,7 +43,7 @@ MAX_BODY = 64 * 1024
 Handler = Callable[[Request, AppContext, Caller], Awaitable[Response]]
 
 
-def _api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+def api_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Bearer-only authentication (no cookie, so no CSRF surface) and 400s for bad input."""
 
     async def endpoint(request: Request) -> Response:
@@ -102,7 +102,7 @@ async def replay_event(request: Request, ctx: AppContext, caller: Caller) -> Res
     return JSON(body, status_code=202)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and (parse_length(declared) or 0) > MAX_BODY:
         raise BadParam(f"the body must be at most {MAX_BODY} bytes")
@@ -124,7 +124,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 async def replay_bulk(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/replay``: every replayable event matching the body's filters."""
-    doc = await _json_body(request)
+    doc = await json_body(request)
     unknown = sorted(set(doc) - set(FILTER_KEYS))
     if unknown:
         raise BadParam(
@@ -147,8 +147,8 @@ async def replay_bulk(request: Request, ctx: AppContext, caller: Caller) -> Resp
 def api_routes() -> list[BaseRoute]:
     """The JSON API's routes under ``/admin``."""
     return [
-        Route("/admin/events", _api(list_events), methods=["GET"]),
-        Route("/admin/events/{event_id}", _api(show_event), methods=["GET"]),
-        Route("/admin/events/{event_id}/replay", _api(replay_event), methods=["POST"]),
-        Route("/admin/replay", _api(replay_bulk), methods=["POST"]),
+        Route("/admin/events", api_endpoint(list_events), methods=["GET"]),
+        Route("/admin/events/{event_id}", api_endpoint(show_event), methods=["GET"]),
+        Route("/admin/events/{event_id}/replay", api_endpoint(replay_event), methods=["POST"]),
+        Route("/admin/replay", api_endpoint(replay_bulk), methods=["POST"]),
     ]

@@ -20,9 +20,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from receiver.dispatch.sync_settings import status_fields_of
 from receiver.models import OPEN_STATES, REPLAYABLE_STATES, STATES, EventFilter
 from receiver.ops.logging import get_logger
-from receiver.ops.presenters import event_json, history_json
+from receiver.ops.presenters import event_json, history_json, iso
 from receiver.ops.status import build_status
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 from receiver.web.admin.actions import (
@@ -33,6 +34,7 @@ from receiver.web.admin.actions import (
     path_event_id,
     replay_one,
 )
+from receiver.web.admin.failures import failure_groups_json
 from receiver.web.admin.params import BadParam, filter_json, parse_filter, parse_limit
 from receiver.web.auth import (
     COOKIE_NAME,
@@ -77,9 +79,11 @@ def _short_time(value: str | None) -> str:
 
 
 _env.filters["short_time"] = _short_time
+_env.filters["iso_time"] = lambda ts: _short_time(iso(ts))
+_env.filters["stage_label"] = lambda stage, labels: labels.get(stage, stage)
 
 
-def _render(name: str, code: int = 200, **values: Any) -> HTMLResponse:
+def render(name: str, code: int = 200, **values: Any) -> HTMLResponse:
     html = _env.get_template(name).render(states=STATES, replayable=REPLAYABLE_STATES, **values)
     return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
 
@@ -88,21 +92,23 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def _refuse(request: Request, status: int, code: str, message: str) -> Response:
+def refuse(request: Request, status: int, code: str, message: str) -> Response:
     """An error as a page for browsers, as the JSON error shape for everything else."""
     if status == 401 and _wants_html(request):
         if request.method == "GET":
             return RedirectResponse("/admin/login", status_code=303)
-        return _render("login.html", 401, message=None)
+        return render("login.html", 401, message=None)
     if _wants_html(request):
-        return _render("message.html", status, title="stagesync", message=message)
+        return render("message.html", status, title="stagesync", message=message)
     return error(status, code, message)
 
 
 PageHandler = Callable[[Request, AppContext, Caller], Awaitable[Response]]
 
 
-def _page(handler: PageHandler, *, post: bool = False) -> Callable[[Request], Awaitable[Response]]:
+def page_endpoint(
+    handler: PageHandler, *, post: bool = False
+) -> Callable[[Request], Awaitable[Response]]:
     """Bearer or cookie authentication, plus the same-origin check on cookie posts."""
 
     async def endpoint(request: Request) -> Response:
@@ -111,18 +117,18 @@ def _page(handler: PageHandler, *, post: bool = False) -> Callable[[Request], Aw
         if isinstance(caller, Response):
             code = "admin_disabled" if caller.status_code == 403 else "unauthorized"
             message = NO_TOKEN_MESSAGE if code == "admin_disabled" else "Log in first."
-            return _refuse(request, caller.status_code, code, message)
+            return refuse(request, caller.status_code, code, message)
         if post and caller.via == "cookie" and not same_origin(request):
-            return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
+            return refuse(request, 403, "cross_origin", "This form must be sent from this page.")
         try:
             return await handler(request, ctx, caller)
         except BadParam as exc:
-            return _refuse(request, 400, "bad_request", exc.sentence())
+            return refuse(request, 400, "bad_request", exc.sentence())
         except Exception as exc:
             if not storage_failure(exc):
                 raise  # a bug: the app's handler answers the JSON 500
             log.exception("admin_storage_failed", path=request.url.path)
-            return _refuse(request, 503, "storage_unavailable", STORAGE_UNAVAILABLE)
+            return refuse(request, 503, "storage_unavailable", STORAGE_UNAVAILABLE)
 
     endpoint.__name__ = handler.__name__
     return endpoint
@@ -155,8 +161,10 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
     flt = parse_filter(q)
     limit = parse_limit(q.get("limit"))
     cursor = q.get("cursor")
-    filtered = any(q.get(k) for k in ("state", "object_id", "since", "until"))
-    status = await build_status(ctx.store, ctx.settings, ctx.clock(), ctx.started_at)
+    filtered = any(q.get(k) for k in ("state", "object_id", "since", "until", "error_code"))
+    in_force = status_fields_of(ctx.sync_settings.current)
+    status = await build_status(ctx.store, ctx.settings, ctx.clock(), ctx.started_at, in_force)
+    groups = await failure_groups_json(ctx.store) if status["counts"].get("failed") else []
     failed: list[dict[str, Any]] = []
     more_failed = False
     if not filtered and not cursor and status["counts"].get("failed"):
@@ -167,11 +175,12 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
     next_link = None
     if next_cursor:
         next_link = str(URL("/admin/").include_query_params(**{**q, "cursor": next_cursor}))
-    return _render(
+    return render(
         "index.html",
         status=status,
         failed=failed,
         more_failed=more_failed,
+        groups=groups,
         events=[_row(e) for e in events],
         filtered=filtered,
         flt=filter_json(flt),
@@ -192,8 +201,8 @@ async def view(request: Request, ctx: AppContext, caller: Caller) -> Response:
     event_id = path_event_id(request)
     event = await ctx.store.get_event(event_id) if event_id is not None else None
     if event is None:
-        return _refuse(request, 404, "not_found", no_event_message(event_id))
-    return _render(
+        return refuse(request, 404, "not_found", no_event_message(event_id))
+    return render(
         "event.html",
         event=_row(event),
         raw=orjson.dumps(event.raw, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode(),
@@ -209,12 +218,12 @@ async def replay(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/view/{id}/replay``: replay one event, then show it."""
     event_id = path_event_id(request)
     if event_id is None:
-        return _refuse(request, 404, "not_found", no_event_message(None))
+        return refuse(request, 404, "not_found", no_event_message(None))
     status, message = await replay_one(ctx, caller, event_id, "page")
     if status == 404:
-        return _refuse(request, 404, "not_found", message or "")
+        return refuse(request, 404, "not_found", message or "")
     if status == 409:
-        return _refuse(request, 409, "not_replayable", message or "")
+        return refuse(request, 409, "not_replayable", message or "")
     return RedirectResponse(f"/admin/view/{event_id}?replayed=1", status_code=303)
 
 
@@ -230,11 +239,11 @@ async def login_form(request: Request) -> Response:
     """``GET /admin/login``: the form (the index shows it too when not logged in)."""
     ctx = ctx_of(request)
     if admin_token(ctx.settings) is None:
-        return _refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
+        return refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
     caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
     if isinstance(caller, Caller):
         return RedirectResponse("/admin/", status_code=303)
-    return _render("login.html", message=None)
+    return render("login.html", message=None)
 
 
 async def login(request: Request) -> Response:
@@ -242,15 +251,15 @@ async def login(request: Request) -> Response:
     ctx = ctx_of(request)
     token = admin_token(ctx.settings)
     if token is None:
-        return _refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
+        return refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
     if not same_origin(request):
-        return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
+        return refuse(request, 403, "cross_origin", "This form must be sent from this page.")
     form = await request.form(max_files=0, max_fields=4)
     given = form.get("token")
     await form.close()
     if not isinstance(given, str) or not token_matches(given.strip(), token):
         log.warning("admin_login_failed")
-        return _render("login.html", 401, message="That is not the admin token.")
+        return render("login.html", 401, message="That is not the admin token.")
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         COOKIE_NAME,
@@ -268,7 +277,7 @@ async def logout(request: Request) -> Response:
     """``POST /admin/logout``: drop the session cookie; from this page only."""
     if not same_origin(request):
         # Another site must not be able to log a user out, any more than in.
-        return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
+        return refuse(request, 403, "cross_origin", "This form must be sent from this page.")
     response = RedirectResponse("/admin/", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="strict")
     return response
@@ -278,12 +287,12 @@ def page_routes() -> list[BaseRoute]:
     """The page's routes and its stylesheet."""
     static = Path(__file__).with_name("static")
     return [
-        Route("/admin/", _page(index), methods=["GET"]),
+        Route("/admin/", page_endpoint(index), methods=["GET"]),
         Route("/admin/login", login_form, methods=["GET"]),
         Route("/admin/login", login, methods=["POST"]),
         Route("/admin/logout", logout, methods=["POST"]),
-        Route("/admin/view/{event_id}", _page(view), methods=["GET"]),
-        Route("/admin/view/{event_id}/replay", _page(replay, post=True), methods=["POST"]),
-        Route("/admin/replay-failed", _page(replay_failed, post=True), methods=["POST"]),
+        Route("/admin/view/{event_id}", page_endpoint(view), methods=["GET"]),
+        Route("/admin/view/{event_id}/replay", page_endpoint(replay, post=True), methods=["POST"]),
+        Route("/admin/replay-failed", page_endpoint(replay_failed, post=True), methods=["POST"]),
         Mount("/admin/static", StaticFiles(directory=static), name="admin-static"),
     ]

@@ -20,7 +20,7 @@ from receiver.web.responses import sentence
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_ID = MAX_INT64
-FILTER_KEYS = ("state", "object_id", "since", "until")
+FILTER_KEYS = ("state", "object_id", "since", "until", "error_code")
 
 
 class BadParam(ValueError):
@@ -60,13 +60,17 @@ def _parse_id(value: Any, name: str) -> int:
 
 
 def parse_filter(params: Mapping[str, Any]) -> EventFilter:
-    """An :class:`EventFilter` from ``state``, ``object_id``, ``since`` and ``until``."""
+    """An :class:`EventFilter` from ``state``, ``object_id``, ``since``, ``until`` and
+    ``error_code``."""
     state = params.get("state")
     if state is not None and state not in STATES:
         raise BadParam(f"'state' must be one of {', '.join(STATES)}")
     object_id = params.get("object_id")
     since = params.get("since")
     until = params.get("until")
+    error_code = params.get("error_code")
+    if error_code is not None and (not isinstance(error_code, str) or len(error_code) > 200):
+        raise BadParam("'error_code' must be an error code such as INVALID_FIELD")
     for name, value in (("since", since), ("until", until)):
         if value is not None and not isinstance(value, str):
             raise BadParam(f"'{name}' must be an ISO-8601 string")
@@ -75,6 +79,7 @@ def parse_filter(params: Mapping[str, Any]) -> EventFilter:
         object_id=None if object_id in (None, "") else _parse_id(object_id, "object_id"),
         since=parse_time(since, "since") if since else None,
         until=parse_time(until, "until") if until else None,
+        error_code=error_code or None,
     )
 
 
@@ -115,4 +120,5 @@ def filter_json(flt: EventFilter) -> dict[str, Any]:
         "object_id": flt.object_id,
         "since": iso(flt.since),
         "until": iso(flt.until),
+        "error_code": flt.error_code,
     }

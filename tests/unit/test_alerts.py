@@ -1,0 +1,76 @@
+"""Alerts: the message says counts, codes and ids only; delivery retries, then logs."""
+
+from __future__ import annotations
+
+import httpx
+from structlog.testing import capture_logs
+
+from receiver.hubspot.payload import to_new_events
+from receiver.ops.alerts import ATTEMPTS, Alerts, Tally, alert_text
+from tests.fakes.doubles import InMemoryStore
+from tests.support.webhooks import event
+
+
+def test_the_text_sums_failures_by_code_and_names_refused_tokens_and_the_backlog() -> None:
+    tally = Tally()
+    tally.failed.update({"INVALID_FIELD": 3, "http_400": 1})
+    tally.sample_ids.extend([4, 5])
+    tally.refused["target CRM"] = {"INVALID_SESSION_ID"}
+    tally.backlog_age_s = 2000.4
+    text = alert_text(tally, 300, 1800)
+    assert "4 events failed" in text and "INVALID_FIELD x3, http_400 x1" in text
+    assert "Event ids: 4, 5." in text
+    assert "target CRM refused its token (INVALID_SESSION_ID)" in text
+    assert "2000 s" in text and "1800 s" in text
+
+
+async def test_a_refused_delivery_is_retried_then_logged_without_the_url() -> None:
+    url = "https://hooks.example.com/services/T000/B000/secretpart"
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(503)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        alerts = Alerts(
+            http=http,
+            url=url,
+            store=InMemoryStore(),
+            interval_s=300,
+            backlog_s=1800,
+            retry_base_s=0.001,
+        )
+        with capture_logs() as logs:
+            assert not await alerts.deliver("stagesync: 1 event failed")
+    assert len(calls) == ATTEMPTS
+    (line,) = [e for e in logs if e["event"] == "alert_delivery_failed"]
+    assert line["error"] == "http_503"
+    assert "secretpart" not in repr(logs) and "secretpart" not in repr(alerts)
+
+
+async def test_reports_only_add_to_the_tally() -> None:
+    async with httpx.AsyncClient() as http:
+        alerts = Alerts(http=http, url="http://127.0.0.1:9/x", store=InMemoryStore(),
+                        interval_s=300, backlog_s=1800)  # fmt: skip
+        alerts.failed([(1, "A"), (2, None)])
+        alerts.token_refused("hubspot", "INVALID_AUTHENTICATION")
+        assert alerts._tally.failed == {"A": 1, "unknown": 1}
+        assert alerts._tally.refused == {"HubSpot API": {"INVALID_AUTHENTICATION"}}
+
+
+async def test_the_backlog_is_reported_only_past_the_threshold() -> None:
+    store = InMemoryStore()
+    now = {"t": 1_000.0}
+    async with httpx.AsyncClient() as http:
+        alerts = Alerts(http=http, url="http://127.0.0.1:9/x", store=store, interval_s=300,
+                        backlog_s=1800, clock=lambda: now["t"])  # fmt: skip
+        await alerts.check_backlog()
+        assert alerts._tally.empty()
+        await store.ingest(to_new_events([event(1, "lead")]), 1_000.0)
+        now["t"] = 1_000.0 + 1800
+        await alerts.check_backlog()
+        assert alerts._tally.empty()
+        now["t"] = 1_000.0 + 1801
+        await alerts.check_backlog()
+        assert alerts._tally.backlog_age_s == 1801
