@@ -369,6 +369,7 @@ class FlakyTarget:
         self.name = inner.name
         self.batch_size = inner.batch_size
         self.supports_convert = inner.supports_convert
+        self.one_kind_per_call = inner.one_kind_per_call
         self.api_usage = inner.api_usage
         self.default_mapping = inner.default_mapping
         self.delete = inner.delete
