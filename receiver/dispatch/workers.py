@@ -95,21 +95,12 @@ class TargetWorkers:
             while not self.ready and not self.bulk_ready:
                 self._signal.clear()
                 await self._signal.wait()
-            batch: list[Job] = []
             now = self.clock()
             bulk = bool(self.bulk_ready)
             if bulk:
-                for job in self.bulk_ready.popleft():
-                    if now > job.start_by:
-                        self.give_up([job], "lease_half_spent_in_queue")
-                    else:
-                        batch.append(job)
-            while not bulk and self.ready and len(batch) < self.target.batch_size:
-                job = self.ready.popleft()
-                if now > job.start_by:
-                    self.give_up([job], "lease_half_spent_in_queue")
-                else:
-                    batch.append(job)
+                batch = [job for job in self.bulk_ready.popleft() if self._in_time(job, now)]
+            else:
+                batch = self.take(now)
             if not batch:
                 continue
             try:
@@ -119,6 +110,39 @@ class TargetWorkers:
                 log.exception("target_round_failed", contacts=len(batch))
                 # Leases expire and the contacts are claimed again: nothing is lost.
                 self.give_up(batch, "target_round_failed")
+
+    def take(self, now: float) -> list[Job]:
+        """Up to ``batch_size`` ready jobs, dropping those whose lease is half gone.
+
+        For a target whose calls each carry one kind (Salesforce collections, Zoho
+        modules), the upserts taken are all of the kind of the first one ready; the others
+        stay queued, in order, for the next worker. A mixed take would cost that target
+        two half-full calls where one full one can go.
+        """
+        batch: list[Job] = []
+        passed: list[Job] = []
+        kind = None
+        while self.ready and len(batch) < self.target.batch_size:
+            job = self.ready.popleft()
+            if not self._in_time(job, now):
+                continue
+            if self.target.one_kind_per_call and job.op == "upsert" and job.request:
+                kind = kind or job.request.kind
+                if job.request.kind != kind:
+                    passed.append(job)
+                    continue
+            batch.append(job)
+        self.ready.extendleft(reversed(passed))
+        if self.ready:
+            self._signal.set()  # what was passed over is another worker's
+        return batch
+
+    def _in_time(self, job: Job, now: float) -> bool:
+        """False, after giving the job up, when half its lease went by in the queue."""
+        if now > job.start_by:
+            self.give_up([job], "lease_half_spent_in_queue")
+            return False
+        return True
 
     async def call(self, batch: list[Job], *, bulk: bool = False) -> None:
         """Make the target calls of ``batch`` and put each answer on its job; ``bulk``

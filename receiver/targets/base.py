@@ -71,6 +71,7 @@ class Target(Protocol):
 
     name: str
     batch_size: int  # most records one ``upsert_batch`` call takes
+    one_kind_per_call: bool  # each of its calls carries Leads or Contacts, not both
     supports_convert: bool  # whether promotion = "convert" is possible
 
     def api_status(self) -> dict[str, Any] | None:

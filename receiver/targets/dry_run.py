@@ -56,6 +56,7 @@ class DryRunTarget:
     """A :class:`~receiver.targets.base.Target` writing to the service's own store."""
 
     name = "dry-run"
+    one_kind_per_call = False
     batch_size = 200
     supports_convert = False
 

@@ -48,8 +48,6 @@ from receiver.errors import (
 )
 from receiver.targets.http import json_or_none, retry_after, status_class
 
-__all__ = ["Token", "TokenSource", "json_or_none", "status_class"]
-
 log = structlog.get_logger(__name__)
 
 _MAX_MESSAGE_CHARS = 300

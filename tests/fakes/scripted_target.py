@@ -49,9 +49,11 @@ class ScriptedTarget:
     latency_s: float = 0.0
     name: str = "scripted"
     supports_convert: bool = False
+    one_kind_per_call: bool = False
     gate: asyncio.Event | None = None
     held: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[UpsertRequest] = field(default_factory=list)
+    batches: list[list[UpsertRequest]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     calls: int = 0
     batch_calls: int = 0
@@ -118,6 +120,7 @@ class ScriptedTarget:
     ) -> list[UpsertResult | UpstreamError]:
         """Many records; scripted per-record errors come back in place."""
         self.batch_calls += 1
+        self.batches.append(list(requests))
         await self._enter([r.hubspot_id for r in requests])
         return [self._one(r) for r in requests]
 

@@ -370,7 +370,7 @@ class FlakyTarget:
         self.batch_size = inner.batch_size
         self.supports_convert = inner.supports_convert
         self.api_status = inner.api_status
-        self.api_status = inner.api_status
+        self.one_kind_per_call = inner.one_kind_per_call
         self.default_mapping = inner.default_mapping
         self.delete = inner.delete
         self.aclose = inner.aclose

@@ -21,7 +21,7 @@ class BulkScript:
     name = "bulk-script"
     batch_size = 3
     supports_convert = False
-    api_usage = None
+    one_kind_per_call = False
 
     def __init__(self, threshold: int) -> None:
         self.bulk_threshold = threshold

@@ -247,6 +247,28 @@ async def test_pending_events_of_one_contact_give_one_upsert_with_the_newest_sta
         assert target.per_id["6"] == 1
 
 
+@pytest.mark.parametrize(("one_kind", "batches"), [(True, 2), (False, 1)])
+async def test_a_target_that_calls_per_kind_is_given_batches_of_one_kind(
+    one_kind: bool, batches: int
+) -> None:
+    target = ScriptedTarget(gate=asyncio.Event(), one_kind_per_call=one_kind)
+    async with running(target=target, concurrency=1) as rig:
+        (first,) = await rig.send(stage_event(90, "lead", at=1))  # holds the only worker
+        await rig.until(lambda: target.calls == 1)
+        ids = await rig.send(
+            *(stage_event(n, "lead" if n % 2 else "customer", at=2) for n in range(100, 110))
+        )
+        await rig.until(lambda: len(rig.dispatcher.workers.ready) == 10, what="10 jobs ready")
+        target.gate.set()  # type: ignore[union-attr]
+        await rig.final(first, *ids)
+    assert len(target.batches) == batches
+    assert sorted(r.hubspot_id for b in target.batches for r in b) == [
+        str(n) for n in range(100, 110)
+    ]
+    if one_kind:
+        assert [{r.kind for r in b} for b in target.batches] == [{"contact"}, {"lead"}]
+
+
 async def test_an_event_older_than_the_applied_state_is_stale_and_changes_nothing() -> None:
     async with running() as rig:
         (new,) = await rig.send(stage_event(7, "customer", at=500))

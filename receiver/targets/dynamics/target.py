@@ -83,6 +83,7 @@ class DynamicsTarget:
     """Upserts Leads and Contacts into Dataverse over its Web API."""
 
     name = "dynamics"
+    one_kind_per_call = False
     supports_convert = False
 
     def __init__(

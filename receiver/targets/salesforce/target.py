@@ -119,6 +119,7 @@ class SalesforceTarget:
     ``Sforce-Limit-Info`` header, also kept in :attr:`api_usage`.
     """
 
+    one_kind_per_call = True  # a collection upsert takes one sObject type
     name = "salesforce"
     batch_size = COLLECTION_LIMIT
     supports_convert = True

@@ -61,6 +61,7 @@ class WebhookTarget:
     """POSTs each upsert and delete, signed, to one URL."""
 
     name = "webhook"
+    one_kind_per_call = False
     supports_convert = False
 
     def __init__(

@@ -87,6 +87,7 @@ class ZohoTarget:
     """Upserts Leads and Contacts into Zoho CRM over its REST API."""
 
     name = "zoho"
+    one_kind_per_call = True
     supports_convert = False
 
     def __init__(
