@@ -65,6 +65,7 @@ class ContactState:
     target_id: str | None
     stage: str | None
     last_occurred_at: int | None
+    record_digest: str | None = None  # of the last record upserted (kind and fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class ContactUpdate:
     target_id: str | None
     stage: str | None
     last_occurred_at: int | None
+    record_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +130,39 @@ class EventFilter:
     since: float | None = None  # received_at >= since (unix seconds)
     until: float | None = None  # received_at < until
     states: tuple[str, ...] = field(default_factory=tuple)
+
+
+BACKFILL_STATES = ("running", "done", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillJob:
+    """A backfill as the store holds it: its stages, counts, cursor and lease.
+
+    ``cursor`` is the search's position (``window_after_id``, ``after``, ``last_id``),
+    empty before the first page; ``owner`` and ``lease_until`` say which instance runs it.
+    """
+
+    id: int
+    state: str
+    stages: tuple[str, ...]
+    found: int
+    queued: int
+    pages: int
+    calls: int
+    cursor: dict[str, Any]
+    cancel_requested: bool
+    error: str | None
+    started_at: float
+    finished_at: float | None
+    owner: str | None = None
+    lease_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileState:
+    """Reconciliation's stored watermark (unix seconds), last pass and what it found."""
+
+    watermark: float | None
+    last_run_at: float | None
+    found: int

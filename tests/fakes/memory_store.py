@@ -190,7 +190,7 @@ class InMemoryStore:
                 self.synced_at = now
         for c in contacts:
             self.contacts[c.object_id] = ContactState(
-                c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at
+                c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at, c.record_digest
             )
         for object_id in release:
             if self.leases.get(object_id, ("", 0.0))[0] == owner:

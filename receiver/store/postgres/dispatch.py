@@ -26,7 +26,7 @@ from receiver.store.rows import EVENT_COLUMNS, claimed_contacts, history_rows
 CLAIM_SCAN_PER_CONTACT = 5
 BOOKKEEPING = "SET LOCAL synchronous_commit = off"
 CLAIM_TRIES = 3
-CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at"
+CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at, record_digest"
 
 
 async def claim(
@@ -94,7 +94,7 @@ async def record(
         if history:
             await conn.execute(q.RECORD_HISTORY, *q.columns(history, 4), now)
         if contact_rows:
-            await conn.execute(q.RECORD_CONTACTS, *q.columns(contact_rows, 5), now)
+            await conn.execute(q.RECORD_CONTACTS, *q.columns(contact_rows, 6), now)
         if release:
             await conn.execute(q.RELEASE, sorted(set(release)), owner)
         if any(o.state == "synced" for o in outcomes):

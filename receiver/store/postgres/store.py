@@ -52,6 +52,7 @@ from receiver.store.postgres import dispatch as dispatch
 from receiver.store.postgres import records as records
 from receiver.store.postgres import sql as q
 from receiver.store.postgres.dispatch import CONTACT_COLUMNS
+from receiver.store.postgres.jobs import PostgresJobs
 from receiver.store.postgres.listen import NotifyListener
 from receiver.store.postgres.schema import MIGRATIONS, OPEN_SQL, SCHEMA_TABLE
 from receiver.store.rows import EVENT_COLUMNS, DollarParams, event_from_row, filter_sql, storable
@@ -67,7 +68,7 @@ CONNECT_TIMEOUT_S = 10.0
 WRITERS = 2
 
 
-class PostgresStore:
+class PostgresStore(PostgresJobs):
     """:class:`~receiver.store.base.EventStore` on a PostgreSQL database shared by instances."""
 
     name = "postgres"

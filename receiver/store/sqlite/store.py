@@ -48,6 +48,7 @@ from receiver.store.sqlite import dispatch as sqlite_dispatch
 from receiver.store.sqlite.checkpoint import Checkpointer
 from receiver.store.sqlite.dispatch import OPEN
 from receiver.store.sqlite.ingest import SQLiteIngest
+from receiver.store.sqlite.jobs import SQLiteJobs
 from receiver.store.sqlite.schema import CONTACT_MATCH, migrate
 from receiver.store.sqlite.thread import PRAGMAS, SQLiteWriter, connect
 from receiver.store.sqlite.write_lock import WriteLock
@@ -78,7 +79,7 @@ def sqlite_path(database_url: str) -> str:
     return database_url.removeprefix("sqlite:///")
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteJobs):
     """:class:`~receiver.store.base.EventStore` on one SQLite file."""
 
     name = "sqlite"
@@ -270,8 +271,7 @@ class SQLiteStore:
     async def get_contact(self, object_id: int) -> ContactState | None:
         """The sync state of one contact."""
         async with self._rc.execute(
-            "SELECT object_id, kind, target_id, stage, last_occurred_at FROM contacts"
-            " WHERE object_id = ?",
+            f"SELECT {sqlite_dispatch.CONTACT_COLUMNS} FROM contacts WHERE object_id = ?",
             (object_id,),
         ) as cur:
             row = await cur.fetchone()
