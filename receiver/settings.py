@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     ready_max_pending_age_s: float = Field(0.0, ge=0, description="0 disables the check")
     dispatch_concurrency: int = Field(4, ge=1, description="target calls in flight")
     lease_s: float = Field(60.0, gt=0)
+    reconcile_interval_s: float = Field(900.0, ge=0, description="0 turns reconciliation off")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

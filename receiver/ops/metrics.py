@@ -63,6 +63,17 @@ class Metrics:
             registry=r,
         )
         self.retries = Counter("stagesync_retries_scheduled", "Retries scheduled", registry=r)
+        self.backfill_contacts = Counter(
+            "stagesync_backfill_contacts", "Contacts queued by backfills", registry=r
+        )
+        self.reconcile_runs = Counter(
+            "stagesync_reconcile_runs", "Reconciliation passes by result", ["result"], registry=r
+        )
+        self.reconcile_lag = Gauge(
+            "stagesync_reconcile_lag_seconds",
+            "Now minus the reconciliation watermark (0 before the first pass)",
+            registry=r,
+        )
 
     def hubspot_call(self, status: str) -> None:
         """Count one HubSpot call by status class."""

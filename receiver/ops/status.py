@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from receiver import __version__
-from receiver.models import STATES
+from receiver.models import STATES, BackfillJob
 from receiver.settings import Settings
 from receiver.store.base import EventStore
 
@@ -16,6 +16,23 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def backfill_json(job: BackfillJob) -> dict[str, Any]:
+    """A job as the admin API and ``/status`` show it."""
+    return {
+        "id": job.id,
+        "state": job.state,
+        "stages": list(job.stages),
+        "found": job.found,
+        "queued": job.queued,
+        "pages": job.pages,
+        "hubspot_calls": job.calls,
+        "cancel_requested": job.cancel_requested,
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "error": job.error,
+    }
 
 
 async def build_status(
@@ -42,6 +59,14 @@ async def build_status(
         "uptime_s": round(now - started_at, 3) if started_at is not None else None,
         "database": store.name,
     }
+    reconcile = await store.reconcile_state()
+    doc["reconcile"] = {
+        "last_run_at": iso(reconcile.last_run_at),
+        "watermark": iso(reconcile.watermark),
+        "found": reconcile.found,
+    }
+    running = [job for job in await store.list_backfills(1) if job.state == "running"]
+    doc["backfill"] = backfill_json(running[0]) if running else None
     if extra:
         doc.update(extra)
     return doc

@@ -20,6 +20,9 @@ from starlette.types import Receive, Scope, Send
 from receiver.dispatch.dispatcher import Dispatcher
 from receiver.hubspot.client import HubSpotClient
 from receiver.hubspot.pacer import RequestPacer
+from receiver.hubspot.search import ContactSearch
+from receiver.jobs.backfill import BackfillRunner, synced_stages
+from receiver.jobs.reconcile import Reconciler
 from receiver.ops.logging import RequestIdMiddleware, get_logger
 from receiver.ops.metrics import Metrics
 from receiver.settings import Settings
@@ -93,13 +96,23 @@ def _build_context(
 ) -> AppContext:
     """The clients, the target and the dispatcher around an open store."""
     hubspot = None
+    search = None
     token = settings.hubspot_token
+    # One pacer for every HubSpot call: batch reads and searches share the portal's budget.
+    pacer = RequestPacer(settings.hubspot_rate_limit, 10.0)
     if token:
         hubspot = HubSpotClient(
             http=client,
             base_url=settings.hubspot_api_url,
             token=token,
-            pacer=RequestPacer(settings.hubspot_rate_limit, 10.0),
+            pacer=pacer,
+            on_call=metrics.hubspot_call,
+        )
+        search = ContactSearch(
+            http=client,
+            base_url=settings.hubspot_api_url,
+            token=token,
+            pacer=pacer,
             on_call=metrics.hubspot_call,
         )
     target = make_target(settings, store=store, http=client, metrics=metrics)
@@ -107,6 +120,22 @@ def _build_context(
         kind: merge_mapping(target.default_mapping(kind), settings.mapping.get(kind, {}))
         for kind in ("lead", "contact")
     }
+    properties = hubspot_properties(*mappings.values())
+    backfills = reconciler = None
+    if search is not None:
+        backfills = BackfillRunner(
+            store=store, search=search, properties=properties, metrics=metrics, clock=clock
+        )
+        if settings.reconcile_interval_s > 0:
+            reconciler = Reconciler(
+                store=store,
+                search=search,
+                properties=properties,
+                stages=synced_stages(settings),
+                interval_s=settings.reconcile_interval_s,
+                metrics=metrics,
+                clock=clock,
+            )
     dispatcher = Dispatcher(
         store=store,
         target=target,
@@ -115,7 +144,7 @@ def _build_context(
             frozenset(settings.lead_stages),
             frozenset(settings.contact_stages),
             settings.on_delete,
-            frozenset(hubspot_properties(*mappings.values())),
+            frozenset(properties),
         ),
         retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.max_attempts),
         mappings=mappings,
@@ -134,6 +163,8 @@ def _build_context(
         started_at=clock(),
         secret=settings.hubspot_client_secret.get_secret_value(),
         max_body=settings.max_body_bytes,
+        backfills=backfills,
+        reconciler=reconciler,
     )
 
 
@@ -169,6 +200,9 @@ def create_app(
         dispatcher, target = ctx.dispatcher, ctx.target
         store.add_commit_listener(dispatcher.wake)
         dispatcher.start()
+        jobs = [job for job in (ctx.backfills, ctx.reconciler) if job is not None]
+        for job in jobs:
+            job.start()
         background = _start_background(ctx)
         log.info(
             "service_started",
@@ -182,6 +216,8 @@ def create_app(
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            for job in jobs:
+                await job.stop()
             await dispatcher.stop()
             await target.aclose()
             if http is None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.dispatch.dispatcher import Dispatcher
+from receiver.jobs.backfill import BackfillRunner
+from receiver.jobs.reconcile import Reconciler
 from receiver.ops.metrics import Metrics
 from receiver.settings import Settings
 from receiver.store.base import EventStore
@@ -27,3 +29,6 @@ class AppContext:
     secret: str
     max_body: int
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    #: None without a HubSpot token, or (reconciler) with RECONCILE_INTERVAL_S=0
+    backfills: BackfillRunner | None = None
+    reconciler: Reconciler | None = None

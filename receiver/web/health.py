@@ -86,4 +86,7 @@ async def metrics(request: Request) -> Response:
         m.queue_depth.labels(state=state).set(sum(counts.get(state, {}).values()))
     oldest = await ctx.store.oldest_open_received_at()
     m.oldest_pending.set(max(0.0, ctx.clock() - oldest) if oldest else 0)
+    reconcile = await ctx.store.reconcile_state()
+    watermark = reconcile.watermark
+    m.reconcile_lag.set(max(0.0, ctx.clock() - watermark) if watermark is not None else 0)
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -314,6 +314,7 @@ async def replay_bulk(request: Request, ctx: AppContext, caller: Caller) -> Resp
 
 def admin_routes() -> list[BaseRoute]:
     """Routes under ``/admin``: the JSON API and the event-log page."""
+    from receiver.web.admin.backfills import backfill_routes
     from receiver.web.admin.page import page_routes
 
     return [
@@ -321,5 +322,6 @@ def admin_routes() -> list[BaseRoute]:
         Route("/admin/events/{event_id}", _api(show_event), methods=["GET"]),
         Route("/admin/events/{event_id}/replay", _api(replay_event), methods=["POST"]),
         Route("/admin/replay", _api(replay_bulk), methods=["POST"]),
+        *backfill_routes(),
         *page_routes(),
     ]

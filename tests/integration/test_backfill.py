@@ -1,0 +1,340 @@
+"""Backfill and reconciliation end to end, on SQLite and PostgreSQL: the real app, the fake
+HubSpot's search over loopback (its result cap lowered so paging past it runs in seconds),
+the dry-run target."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from receiver.models import EventFilter, Kind, StoredEvent
+from receiver.targets.base import Target, UpsertRequest, UpsertResult
+from receiver.web.app import create_app
+from receiver.web.context import AppContext
+from tests.conftest import build_settings
+from tests.fakes.hubspot import FakeHubSpot, create_fake_hubspot
+from tests.integration.conftest import Backend
+from tests.integration.test_two_instances import service_dsn
+from tests.support.servers import running_server
+
+ADMIN = "admin-token-for-backfill-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+WAIT_S = 30.0
+# 60 % of a portal in synced stages (lead and customer), as the bench's portal
+PORTAL_STAGES = ("lead", "customer", "subscriber", "lead", "other", "opportunity", "customer",
+                 "subscriber", "salesqualifiedlead", "other")  # fmt: skip
+SYNCED = {"lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer"}
+
+
+def portal(n: int, cap: int = 10_000, latency_s: float = 0.0) -> FakeHubSpot:
+    contacts = {
+        i: {
+            "lifecyclestage": PORTAL_STAGES[i % len(PORTAL_STAGES)],
+            "email": f"c{i}@example.com",
+            "lastname": f"Last{i}",
+            "lastmodifieddate": "2024-01-01T00:00:00.000Z",
+        }
+        for i in range(1, n + 1)
+    }
+    fake = create_fake_hubspot(contacts=contacts, latency_s=latency_s)
+    fake.search_cap = cap
+    return fake
+
+
+def synced_ids(fake: FakeHubSpot) -> list[int]:
+    return sorted(i for i, c in fake.contacts.items() if c["lifecyclestage"] in SYNCED)
+
+
+@dataclass
+class Service:
+    app: Starlette
+    base: str
+    http: httpx.AsyncClient
+
+    @property
+    def ctx(self) -> AppContext:
+        ctx: AppContext = self.app.state.ctx
+        return ctx
+
+    async def post(self, path: str, body: Any = None) -> httpx.Response:
+        return await self.http.post(self.base + path, json=body, headers=AUTH)
+
+    async def get(self, path: str) -> httpx.Response:
+        return await self.http.get(self.base + path, headers=AUTH)
+
+    async def start_backfill(self, body: Any = None) -> int:
+        answer = await self.post("/admin/backfill", body)
+        assert answer.status_code == 202, answer.text
+        job_id: int = answer.json()["id"]
+        return job_id
+
+    async def job(self, job_id: int) -> dict[str, Any]:
+        answer = await self.get(f"/admin/backfills/{job_id}")
+        assert answer.status_code == 200, answer.text
+        doc: dict[str, Any] = answer.json()
+        return doc
+
+    async def until_job(self, job_id: int, *states: str) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            doc = await self.job(job_id)
+            if doc["state"] in states:
+                return doc
+            assert time.monotonic() < deadline, doc
+            await asyncio.sleep(0.05)
+
+    async def settle(self) -> list[StoredEvent]:
+        """Wait until no event is open; every event, oldest first."""
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            counts = await self.ctx.store.counts()
+            if not counts.get("pending") and not counts.get("retrying"):
+                return list(reversed(await self.ctx.store.list_events(EventFilter(), 100_000)))
+            assert time.monotonic() < deadline, counts
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def service(
+    tmp_path: Path, database_url: str, fake: FakeHubSpot | None, **overrides: Any
+) -> AsyncIterator[Service]:
+    async with AsyncExitStack() as stack:
+        if fake is not None:
+            url = await stack.enter_async_context(running_server(fake.app))
+            overrides.update(hubspot_access_token=fake.token, hubspot_api_url=url)
+        overrides.setdefault("hubspot_rate_limit", 1000)
+        settings = build_settings(
+            tmp_path, database_url=service_dsn(database_url), admin_token=ADMIN, **overrides
+        )
+        app = create_app(settings)
+        base = await stack.enter_async_context(running_server(app))
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
+        yield Service(app, base, http)
+
+
+# -- backfill ------------------------------------------------------------------------------
+
+
+async def test_backfill_syncs_every_contact_in_the_synced_stages_past_the_search_cap(
+    tmp_path: Path, backend: Backend
+) -> None:
+    fake = portal(3000, cap=500)
+    wanted = synced_ids(fake)
+    async with service(tmp_path, backend.url, fake) as svc:
+        job_id = await svc.start_backfill()
+        job = await svc.until_job(job_id, "done")
+        events = await svc.settle()
+        records = await svc.ctx.store.list_records()
+    assert job["found"] == job["queued"] == len(wanted) == 1800
+    assert job["hubspot_calls"] == fake.search_calls <= math.ceil(len(wanted) / 100) + 2
+    # windows of 600 (pages at 0, 200 and 400; 600 is past the cap): two refusals
+    assert fake.answers.count(400) == 2
+    assert fake.batch_read_calls == 0  # the search answer carried the properties
+    assert sorted(int(r.hubspot_id) for r in records) == wanted
+    assert {e.state for e in events} == {"synced"}
+    assert {e.subscription_type for e in events} == {"stagesync.backfill"}
+    sample = next(e for e in events if e.object_id == wanted[0])
+    assert sample.raw["id"] == str(wanted[0])
+    assert sample.raw["updatedAt"] == "2024-01-01T00:00:00.000Z"
+    assert sample.occurred_at == 1_704_067_200_000
+    kinds = {int(r.hubspot_id): r.kind for r in records}
+    for object_id in wanted:
+        stage = fake.contacts[object_id]["lifecyclestage"]
+        assert kinds[object_id] == ("contact" if stage in ("opportunity", "customer") else "lead")
+
+
+async def test_backfill_of_given_stages_takes_only_those(tmp_path: Path, backend: Backend) -> None:
+    fake = portal(200)
+    async with service(tmp_path, backend.url, fake) as svc:
+        job_id = await svc.start_backfill({"stages": ["customer"]})
+        job = await svc.until_job(job_id, "done")
+        refused = await svc.post("/admin/backfill", {"stages": ["subscriber"]})
+    customers = [i for i, c in fake.contacts.items() if c["lifecyclestage"] == "customer"]
+    assert job["stages"] == ["customer"] and job["found"] == len(customers) == 40
+    assert refused.status_code == 400 and refused.json()["error"] == "stage_not_synced"
+
+
+async def test_a_second_backfill_while_one_runs_is_refused_with_409(
+    tmp_path: Path, backend: Backend
+) -> None:
+    fake = portal(2000, latency_s=0.2)
+    async with service(tmp_path, backend.url, fake) as svc:
+        first = await svc.start_backfill()
+        second = await svc.post("/admin/backfill")
+        assert second.status_code == 409
+        assert second.json()["error"] == "backfill_running"
+        assert str(first) in second.json()["message"]
+        listing = (await svc.get("/admin/backfills")).json()["backfills"]
+        assert [j["id"] for j in listing] == [first]
+        status = (await svc.http.get(svc.base + "/status")).json()
+        assert status["backfill"]["id"] == first
+
+
+async def test_a_cancelled_backfill_stops_after_its_page_and_keeps_what_it_queued(
+    tmp_path: Path, backend: Backend
+) -> None:
+    fake = portal(3000, latency_s=0.15)
+    async with service(tmp_path, backend.url, fake) as svc:
+        job_id = await svc.start_backfill()
+        deadline = time.monotonic() + WAIT_S
+        while (await svc.job(job_id))["pages"] < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        answer = await svc.post(f"/admin/backfills/{job_id}/cancel")
+        assert answer.status_code == 200 and answer.json()["cancel_requested"] is True
+        job = await svc.until_job(job_id, "cancelled")
+        events = await svc.settle()
+        again = await svc.post(f"/admin/backfills/{job_id}/cancel")
+        # a new backfill may start once the last one ended
+        assert (await svc.post("/admin/backfill")).status_code == 202
+    assert 0 < job["queued"] < len(synced_ids(fake))
+    assert len(events) == job["queued"]
+    assert again.status_code == 409 and again.json()["error"] == "backfill_not_running"
+
+
+async def test_a_restarted_service_resumes_the_backfill_from_its_cursor(
+    tmp_path: Path, backend: Backend
+) -> None:
+    fake = portal(3000, cap=600, latency_s=0.05)
+    wanted = synced_ids(fake)
+    async with service(tmp_path, backend.url, fake) as svc:
+        job_id = await svc.start_backfill()
+        deadline = time.monotonic() + WAIT_S
+        while (await svc.job(job_id))["pages"] < 4:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    paused = await _job_in_database(tmp_path, backend, job_id)
+    assert paused.state == "running" and paused.owner is None
+    assert paused.cursor["last_id"] is not None
+    calls_before = fake.search_calls
+    async with service(tmp_path, backend.url, fake) as svc:
+        job = await svc.until_job(job_id, "done")
+        events = await svc.settle()
+    first_after = fake.search_bodies[calls_before]
+    resumed_from = paused.cursor
+    assert first_after.get("after") == resumed_from["after"]
+    assert job["found"] == job["queued"] == len(wanted)
+    assert sorted(e.object_id for e in events if e.object_id is not None) == wanted
+    assert job["hubspot_calls"] == fake.search_calls <= math.ceil(len(wanted) / 100) + 2
+
+
+async def _job_in_database(tmp_path: Path, backend: Backend, job_id: int) -> Any:
+    store = backend.new()
+    await store.open()
+    try:
+        return await store.get_backfill(job_id)
+    finally:
+        await store.close()
+
+
+async def test_without_a_hubspot_token_backfill_is_refused_with_a_clear_message(
+    tmp_path: Path, backend: Backend
+) -> None:
+    async with service(tmp_path, backend.url, None) as svc:
+        answer = await svc.post("/admin/backfill")
+        listing = (await svc.get("/admin/backfills")).json()
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "hubspot_token_required"
+    assert "STAGESYNC_HUBSPOT_ACCESS_TOKEN" in answer.json()["message"]
+    assert listing == {"backfills": []}
+
+
+# -- reconciliation ------------------------------------------------------------------------
+
+
+async def test_reconcile_overlap_never_queues_a_modification_twice(
+    tmp_path: Path, backend: Backend
+) -> None:
+    fake = portal(300)
+    now_ms = int(time.time() * 1000)
+    for object_id in (1, 2, 4, 8, 9):  # customer, subscriber, other, salesqualifiedlead, other
+        fake.touch(object_id, when_ms=now_ms - 60_000)
+    async with service(tmp_path, backend.url, fake) as svc:
+        reconciler = svc.ctx.reconciler
+        assert reconciler is not None
+        first = await reconciler.run_pass()
+        second = await reconciler.run_pass()  # within the 5-minute overlap: same contacts
+        events = await svc.settle()
+        status = (await svc.http.get(svc.base + "/status")).json()
+        metrics = (await svc.http.get(svc.base + "/metrics")).text
+    assert first is not None and second is not None
+    assert (first.found, first.queued) == (2, 2)  # the synced stages only
+    assert (second.found, second.queued) == (2, 0)
+    assert second.since == pytest.approx(first.watermark - 300)
+    assert sorted(e.object_id for e in events if e.object_id is not None) == [1, 8]
+    assert {e.subscription_type for e in events} == {"stagesync.reconcile"}
+    assert status["reconcile"]["found"] == 2 and status["reconcile"]["watermark"] is not None
+    assert 'stagesync_reconcile_runs_total{result="ok"} 2.0' in metrics
+    assert "stagesync_reconcile_lag_seconds" in metrics
+
+
+async def test_reconcile_skips_contacts_whose_record_is_unchanged_without_a_target_call(
+    tmp_path: Path, backend: Backend
+) -> None:
+    fake = portal(100)
+    wanted = synced_ids(fake)
+    async with service(tmp_path, backend.url, fake) as svc:
+        job_id = await svc.start_backfill()
+        await svc.until_job(job_id, "done")
+        await svc.settle()
+        before = {r.hubspot_id: r.upserted_at for r in await svc.ctx.store.list_records()}
+        now_ms = int(time.time() * 1000)
+        for object_id in wanted:  # analytics bumped every contact's modification time
+            fake.touch(object_id, when_ms=now_ms - 1000)
+        fake.touch(wanted[0], when_ms=now_ms - 1000, email="changed@example.com")
+        counting = CountingTarget(svc.ctx.dispatcher.target)
+        svc.ctx.dispatcher.target = counting
+        reconciler = svc.ctx.reconciler
+        assert reconciler is not None
+        result = await reconciler.run_pass()
+        events = await svc.settle()
+        after = {r.hubspot_id: r for r in await svc.ctx.store.list_records()}
+    assert result is not None and result.queued == len(wanted)
+    reconciled = [e for e in events if e.subscription_type == "stagesync.reconcile"]
+    by_reason = {(e.state, e.reason) for e in reconciled if e.object_id != wanted[0]}
+    assert by_reason == {("skipped", "unchanged")}
+    changed = next(e for e in reconciled if e.object_id == wanted[0])
+    assert changed.state == "synced"
+    assert after[str(wanted[0])].fields["Email"] == "changed@example.com"
+    assert counting.records == [str(wanted[0])]
+    assert {k: r.upserted_at for k, r in after.items() if k != str(wanted[0])} == {
+        k: v for k, v in before.items() if k != str(wanted[0])
+    }
+
+
+class CountingTarget:
+    """Passes every call to ``inner`` and notes the records it was asked to write."""
+
+    def __init__(self, inner: Target) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.batch_size = inner.batch_size
+        self.records: list[str] = []
+
+    def default_mapping(self, kind: Kind) -> dict[str, str]:
+        return self.inner.default_mapping(kind)
+
+    async def upsert(self, request: UpsertRequest) -> UpsertResult:
+        self.records.append(request.hubspot_id)
+        return await self.inner.upsert(request)
+
+    async def upsert_batch(self, requests: Sequence[UpsertRequest]) -> list[Any]:
+        self.records += [r.hubspot_id for r in requests]
+        return list(await self.inner.upsert_batch(requests))
+
+    async def delete(self, hubspot_id: str) -> int:
+        self.records.append(hubspot_id)
+        return await self.inner.delete(hubspot_id)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
