@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="lead")
     p.add_argument("--object-id", type=_object_id, metavar="N")
     p.add_argument("--secret", help="client secret to sign with (default: the configured one)")
+    from receiver.cli.jobs import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -338,3 +338,50 @@ class CountingTarget:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def test_the_admin_page_lists_backfills_with_their_counts(
+    tmp_path: Path, backend: Backend
+) -> None:
+    fake = portal(100)
+    async with service(tmp_path, backend.url, fake) as svc:
+        job_id = await svc.start_backfill({"stages": ["lead"]})
+        job = await svc.until_job(job_id, "done")
+        html = {"Accept": "text/html", "Origin": svc.base}
+        login = await svc.http.post(svc.base + "/admin/login", data={"token": ADMIN}, headers=html)
+        assert login.status_code in (302, 303), login.text
+        page = await svc.http.get(svc.base + "/admin/", headers=html)
+    assert page.status_code == 200
+    section = page.text.split('aria-label="backfills"', 1)[1].split("</section>", 1)[0]
+    cells = [c.strip() for c in section.split("<td>")[1:]]
+    assert cells[0].startswith(f"{job_id}<") and cells[1].startswith("done")
+    assert cells[3].startswith(f"{job['found']}<") and job["found"] == 20
+
+
+@pytest.mark.postgres
+async def test_two_instances_on_postgresql_run_one_backfill_and_one_reconcile_pass(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    fake = portal(2000, cap=600, latency_s=0.01)
+    wanted = synced_ids(fake)
+    now_ms = int(time.time() * 1000)
+    for object_id in wanted[:10]:
+        fake.touch(object_id, when_ms=now_ms - 1000)
+    async with (
+        service(tmp_path / "a", pg_dsn, fake) as a,
+        service(tmp_path / "b", pg_dsn, fake) as b,
+    ):
+        job_id = await a.start_backfill()
+        refused = await b.post("/admin/backfill")
+        job = await b.until_job(job_id, "done")
+        events = await a.settle()
+        ra, rb = a.ctx.reconciler, b.ctx.reconciler
+        assert ra is not None and rb is not None
+        passes = await asyncio.gather(ra.run_pass(), rb.run_pass())
+    assert refused.status_code == 409
+    assert job["found"] == job["queued"] == len(wanted)
+    backfilled = sorted(e.object_id for e in events if e.subscription_type == "stagesync.backfill")
+    assert backfilled == wanted  # each contact once: one instance ran the job
+    assert job["hubspot_calls"] <= math.ceil(len(wanted) / 100) + 2
+    ran = [p for p in passes if p is not None]
+    assert len(ran) == 1 and ran[0].found == 10

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from receiver.models import OPEN_STATES, STATES, EventFilter
 from receiver.ops.logging import get_logger
 from receiver.ops.presenters import event_json, history_json
-from receiver.ops.status import build_status
+from receiver.ops.status import backfill_json, build_status
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 from receiver.web.admin.api import (
     BadParam,
@@ -55,6 +55,8 @@ from receiver.web.responses import error
 log = get_logger("receiver.web.admin.page")
 
 FAILED_FIRST = 20
+#: Backfills the page lists: the running one and the latest ended ones.
+RECENT_BACKFILLS = 5
 REPLAYABLE = ("synced", "skipped", "failed")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -167,6 +169,9 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
         rows = await ctx.store.list_events(EventFilter(state="failed"), FAILED_FIRST + 1)
         failed = [_row(e) for e in rows[:FAILED_FIRST]]
         more_failed = len(rows) > FAILED_FIRST
+    backfills: list[dict[str, Any]] = []
+    if not filtered and not cursor:
+        backfills = [backfill_json(j) for j in await ctx.store.list_backfills(RECENT_BACKFILLS)]
     events, next_cursor = await page_of(ctx.store, flt, limit, cursor)
     next_link = None
     if next_cursor:
@@ -176,6 +181,7 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
         status=status,
         failed=failed,
         more_failed=more_failed,
+        backfills=backfills,
         events=[_row(e) for e in events],
         filtered=filtered,
         flt=filter_json(flt),
