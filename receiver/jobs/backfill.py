@@ -163,10 +163,11 @@ class BackfillRunner:
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                job = await self.store.take_backfill(self.owner, self.clock(), self.lease_s)
-                if job is not None:
-                    await self.run(job)
-                    continue
+                if await self._takeable():
+                    job = await self.store.take_backfill(self.owner, self.clock(), self.lease_s)
+                    if job is not None:
+                        await self.run(job)
+                        continue
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -175,6 +176,15 @@ class BackfillRunner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_s):
                     await self._wake.wait()
+
+    async def _takeable(self) -> bool:
+        # A read first: on SQLite even an UPDATE that matches nothing takes the write lock,
+        # and every instance polls every second.
+        latest = await self.store.list_backfills(1)
+        if not latest or latest[0].state != "running":
+            return False
+        job = latest[0]
+        return job.owner in (None, self.owner) or job.lease_until < self.clock()
 
     async def run(self, job: BackfillJob) -> BackfillJob | None:
         """Run ``job`` (leased by this owner) to its end, or until stopped; the job after."""
