@@ -104,13 +104,18 @@ async def start_backfill(
 
 
 def _cursor(raw: dict[str, Any]) -> SearchCursor:
+    """The stored cursor of a job (``{}`` before its first page) as the search takes it."""
+
     def number(key: str) -> int | None:
         value = raw.get(key)
         return value if isinstance(value, int) else None
 
     after = raw.get("after")
-    return SearchCursor(number("window_after_id"), after if isinstance(after, str) else None,
-                        number("last_id"))  # fmt: skip
+    return SearchCursor(
+        window_after_id=number("window_after_id"),
+        after=after if isinstance(after, str) else None,
+        last_id=number("last_id"),
+    )
 
 
 class BackfillRunner:

@@ -28,6 +28,7 @@ from receiver.models import (
 )
 from receiver.store.base import IngestResult, ReplayRefusal
 from receiver.store.rows import history_outcome
+from tests.fakes.memory_jobs import InMemoryJobs
 
 
 @dataclass
@@ -47,7 +48,7 @@ def _matches(event: StoredEvent, flt: EventFilter) -> bool:
     )
 
 
-class InMemoryStore:
+class InMemoryStore(InMemoryJobs):
     """An :class:`~receiver.store.base.EventStore` in dictionaries; ``claims`` and
     ``records`` count the calls, ``leases`` maps a contact to ``(owner, until)``."""
 

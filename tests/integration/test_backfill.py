@@ -22,8 +22,8 @@ from receiver.targets.base import Target, UpsertRequest, UpsertResult
 from receiver.web.app import create_app
 from receiver.web.context import AppContext
 from tests.conftest import build_settings
-from tests.fakes.hubspot import FakeHubSpot, create_fake_hubspot
-from tests.integration.conftest import Backend
+from tests.fakes.hubspot import ALWAYS, FakeHubSpot, create_fake_hubspot
+from tests.integration.conftest import Backend, fresh_schema, postgres_dsn
 from tests.integration.test_two_instances import service_dsn
 from tests.support.servers import running_server
 
@@ -34,6 +34,16 @@ WAIT_S = 30.0
 PORTAL_STAGES = ("lead", "customer", "subscriber", "lead", "other", "opportunity", "customer",
                  "subscriber", "salesqualifiedlead", "other")  # fmt: skip
 SYNCED = {"lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """A database the service runs on: each real backend in turn."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+        return
+    async with fresh_schema(postgres_dsn()) as dsn:
+        yield Backend("postgres", dsn)
 
 
 def portal(n: int, cap: int = 10_000, latency_s: float = 0.0) -> FakeHubSpot:
@@ -126,11 +136,11 @@ async def service(
 
 
 async def test_backfill_syncs_every_contact_in_the_synced_stages_past_the_search_cap(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
     fake = portal(3000, cap=500)
     wanted = synced_ids(fake)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         job_id = await svc.start_backfill()
         job = await svc.until_job(job_id, "done")
         events = await svc.settle()
@@ -153,9 +163,9 @@ async def test_backfill_syncs_every_contact_in_the_synced_stages_past_the_search
         assert kinds[object_id] == ("contact" if stage in ("opportunity", "customer") else "lead")
 
 
-async def test_backfill_of_given_stages_takes_only_those(tmp_path: Path, backend: Backend) -> None:
+async def test_backfill_of_given_stages_takes_only_those(tmp_path: Path, database: Backend) -> None:
     fake = portal(200)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         job_id = await svc.start_backfill({"stages": ["customer"]})
         job = await svc.until_job(job_id, "done")
         refused = await svc.post("/admin/backfill", {"stages": ["subscriber"]})
@@ -165,10 +175,10 @@ async def test_backfill_of_given_stages_takes_only_those(tmp_path: Path, backend
 
 
 async def test_a_second_backfill_while_one_runs_is_refused_with_409(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
     fake = portal(2000, latency_s=0.2)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         first = await svc.start_backfill()
         second = await svc.post("/admin/backfill")
         assert second.status_code == 409
@@ -181,10 +191,10 @@ async def test_a_second_backfill_while_one_runs_is_refused_with_409(
 
 
 async def test_a_cancelled_backfill_stops_after_its_page_and_keeps_what_it_queued(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
     fake = portal(3000, latency_s=0.15)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         job_id = await svc.start_backfill()
         deadline = time.monotonic() + WAIT_S
         while (await svc.job(job_id))["pages"] < 1:
@@ -203,21 +213,21 @@ async def test_a_cancelled_backfill_stops_after_its_page_and_keeps_what_it_queue
 
 
 async def test_a_restarted_service_resumes_the_backfill_from_its_cursor(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
     fake = portal(3000, cap=600, latency_s=0.05)
     wanted = synced_ids(fake)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         job_id = await svc.start_backfill()
         deadline = time.monotonic() + WAIT_S
         while (await svc.job(job_id))["pages"] < 4:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
-    paused = await _job_in_database(tmp_path, backend, job_id)
+    paused = await _job_in_database(database, job_id)
     assert paused.state == "running" and paused.owner is None
     assert paused.cursor["last_id"] is not None
     calls_before = fake.search_calls
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         job = await svc.until_job(job_id, "done")
         events = await svc.settle()
     first_after = fake.search_bodies[calls_before]
@@ -228,8 +238,8 @@ async def test_a_restarted_service_resumes_the_backfill_from_its_cursor(
     assert job["hubspot_calls"] == fake.search_calls <= math.ceil(len(wanted) / 100) + 2
 
 
-async def _job_in_database(tmp_path: Path, backend: Backend, job_id: int) -> Any:
-    store = backend.new()
+async def _job_in_database(database: Backend, job_id: int) -> Any:
+    store = database.new()
     await store.open()
     try:
         return await store.get_backfill(job_id)
@@ -238,9 +248,9 @@ async def _job_in_database(tmp_path: Path, backend: Backend, job_id: int) -> Any
 
 
 async def test_without_a_hubspot_token_backfill_is_refused_with_a_clear_message(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
-    async with service(tmp_path, backend.url, None) as svc:
+    async with service(tmp_path, database.url, None) as svc:
         answer = await svc.post("/admin/backfill")
         listing = (await svc.get("/admin/backfills")).json()
     assert answer.status_code == 400
@@ -253,13 +263,13 @@ async def test_without_a_hubspot_token_backfill_is_refused_with_a_clear_message(
 
 
 async def test_reconcile_overlap_never_queues_a_modification_twice(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
     fake = portal(300)
     now_ms = int(time.time() * 1000)
     for object_id in (1, 2, 4, 8, 9):  # customer, subscriber, other, salesqualifiedlead, other
         fake.touch(object_id, when_ms=now_ms - 60_000)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         reconciler = svc.ctx.reconciler
         assert reconciler is not None
         first = await reconciler.run_pass()
@@ -279,11 +289,11 @@ async def test_reconcile_overlap_never_queues_a_modification_twice(
 
 
 async def test_reconcile_skips_contacts_whose_record_is_unchanged_without_a_target_call(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
     fake = portal(100)
     wanted = synced_ids(fake)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         job_id = await svc.start_backfill()
         await svc.until_job(job_id, "done")
         await svc.settle()
@@ -341,10 +351,10 @@ class CountingTarget:
 
 
 async def test_the_admin_page_lists_backfills_with_their_counts(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path, database: Backend
 ) -> None:
     fake = portal(100)
-    async with service(tmp_path, backend.url, fake) as svc:
+    async with service(tmp_path, database.url, fake) as svc:
         job_id = await svc.start_backfill({"stages": ["lead"]})
         job = await svc.until_job(job_id, "done")
         html = {"Accept": "text/html", "Origin": svc.base}
@@ -385,3 +395,33 @@ async def test_two_instances_on_postgresql_run_one_backfill_and_one_reconcile_pa
     assert job["hubspot_calls"] <= math.ceil(len(wanted) / 100) + 2
     ran = [p for p in passes if p is not None]
     assert len(ran) == 1 and ran[0].found == 10
+
+
+async def test_backfill_waits_out_rate_limits_and_server_errors(
+    tmp_path: Path, database: Backend
+) -> None:
+    fake = portal(600)
+    fake.retry_after = "0"
+    fake.secondly_429 = 2
+    fake.server_error = 2
+    async with service(tmp_path, database.url, fake) as svc:
+        job_id = await svc.start_backfill()
+        job = await svc.until_job(job_id, "done")
+    assert job["found"] == len(synced_ids(fake)) == 360
+    assert fake.answers.count(429) == 2 and fake.answers.count(503) == 2
+    assert job["hubspot_calls"] == fake.search_calls == job["pages"] + 4
+
+
+async def test_a_backfill_hubspot_keeps_failing_ends_failed_with_the_error(
+    tmp_path: Path, database: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("receiver.jobs.paging.BACKOFF_BASE_S", 0.01)
+    fake = portal(50)
+    fake.server_error = ALWAYS
+    async with service(tmp_path, database.url, fake) as svc:
+        job_id = await svc.start_backfill()
+        job = await svc.until_job(job_id, "failed")
+        # a failed job is over: a new one may start
+        assert (await svc.post("/admin/backfill")).status_code == 202
+    assert job["error"].startswith("http_503: HubSpot search answered 503")
+    assert fake.search_calls >= 8 and job["queued"] == 0
