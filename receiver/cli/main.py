@@ -165,6 +165,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  last sync:          {doc['last_sync_at'] or 'never'}")
         print(f"  lead stages:        {', '.join(doc['lead_stages'])}")
         print(f"  contact stages:     {', '.join(doc['contact_stages'])}")
+        reconcile = doc["reconcile"]
+        print(
+            f"  reconcile:          last {reconcile['last_run_at'] or 'never'},"
+            f" watermark {reconcile['watermark'] or 'none'}, found {reconcile['found']}"
+        )
+        job = doc["backfill"]
+        running = f"{job['id']}: found {job['found']}, queued {job['queued']}" if job else "none"
+        print(f"  backfill running:   {running}")
         return 0
 
     return asyncio.run(with_store(settings, work))

@@ -77,8 +77,13 @@ async def test_reconcile_runs_one_pass_in_the_cli_process(tmp_path: Path) -> Non
         first = await asyncio.to_thread(run_cli, env, "reconcile")
         second = await asyncio.to_thread(run_cli, env, "reconcile")
         status = await asyncio.to_thread(run_cli, env, "status", "--json")
+        human = await asyncio.to_thread(run_cli, env, "status")
     assert first.returncode == 0, first.stderr
     assert "found 1 contact(s)" in first.stdout and "queued 1 " in first.stdout
     assert "queued 0 (1 already queued)" in second.stdout
     assert '"reconcile":{"last_run_at":' in status.stdout
     assert fake.search_calls == 2
+    lines = human.stdout.splitlines()
+    reconcile = next(line for line in lines if line.startswith("  reconcile:"))
+    assert reconcile.endswith("found 1") and "last never" not in reconcile
+    assert "  backfill running:   none" in lines
