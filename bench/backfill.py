@@ -124,7 +124,8 @@ def _paced(url: str, args: argparse.Namespace, first_contact: int) -> dict[str, 
 async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
     n = args.backfill_contacts
     fake = _portal(n, args.backfill_hubspot_latency)
-    url = backend.fresh_url()
+    # In a thread: the PostgreSQL backend runs its own event loop to create the database.
+    url = await asyncio.to_thread(backend.fresh_url)
     try:
         async with running_server(fake.app) as hubspot_url:
             env = service_env(
@@ -181,7 +182,7 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
             finally:
                 await asyncio.to_thread(server.stop)
     finally:
-        backend.drop(url)
+        await asyncio.to_thread(backend.drop, url)
     found = job["found"]
     bound = math.ceil(found / 100) + 2
     reupserted = sum(1 for k, v in again.items() if upserted.get(k) != v)
