@@ -280,6 +280,7 @@ async def test_reconcile_overlap_never_queues_a_modification_twice(
     assert first is not None and second is not None
     assert (first.found, first.queued) == (2, 2)  # the synced stages only
     assert (second.found, second.queued) == (2, 0)
+    assert first.since == pytest.approx(first.watermark - 900)  # no watermark: one interval
     assert second.since == pytest.approx(first.watermark - 300)
     assert sorted(e.object_id for e in events if e.object_id is not None) == [1, 8]
     assert {e.subscription_type for e in events} == {"stagesync.reconcile"}
@@ -425,3 +426,25 @@ async def test_a_backfill_hubspot_keeps_failing_ends_failed_with_the_error(
         assert (await svc.post("/admin/backfill")).status_code == 202
     assert job["error"].startswith("http_503: HubSpot search answered 503")
     assert fake.search_calls >= 8 and job["queued"] == 0
+
+
+async def test_reconciliation_runs_every_interval_and_zero_turns_it_off(
+    tmp_path: Path, database: Backend
+) -> None:
+    fake = portal(20)
+    fake.touch(1, when_ms=int(time.time() * 1000) - 1000)
+    async with service(tmp_path, database.url, fake, reconcile_interval_s=0.5) as svc:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            status = (await svc.http.get(svc.base + "/status")).json()
+            # the first pass looks back one interval (0.5 s) and misses the contact; a
+            # later one looks back from its watermark minus the 5-minute overlap
+            if status["reconcile"]["found"]:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        events = await svc.settle()
+    assert status["reconcile"]["found"] == 1 and status["reconcile"]["watermark"] is not None
+    assert [(e.object_id, e.subscription_type) for e in events] == [(1, "stagesync.reconcile")]
+    async with service(tmp_path / "off", database.url, fake, reconcile_interval_s=0) as svc:
+        assert svc.ctx.reconciler is None and svc.ctx.backfills is not None
