@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import subprocess
@@ -38,6 +39,7 @@ from bench.report import Row
 from bench.tools import BenchError
 from receiver.store.factory import make_store
 from tests.fakes.hubspot import DEFAULT_TOKEN, FakeHubSpot
+from tests.fakes.salesforce import FakeSalesforce
 from tests.support.servers import running_server
 
 NAME = "backfill"
@@ -60,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--backfill-hubspot-latency", type=float, default=0.05, help="fake HubSpot answer time, s"
+    )
+    group.add_argument(
+        "--backfill-targets",
+        default="dry-run",
+        help="dry-run,salesforce: the targets to run with (default dry-run)",
+    )
+    group.add_argument(
+        "--backfill-sf-latency", type=float, default=0.15, help="fake Salesforce answer time, s"
     )
 
 
@@ -121,13 +131,29 @@ def _paced(url: str, args: argparse.Namespace, first_contact: int) -> dict[str, 
     return result
 
 
-async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
+def _sf_calls(salesforce: FakeSalesforce | None) -> int:
+    if salesforce is None:
+        return 0
+    return int(salesforce.calls["upsert"] + salesforce.calls["collection_upsert"])
+
+
+async def _measure(backend: Backend, args: argparse.Namespace, target: str) -> Row:
     n = args.backfill_contacts
     fake = _portal(n, args.backfill_hubspot_latency)
+    salesforce = FakeSalesforce(latency_s=args.backfill_sf_latency) if target != "dry-run" else None
     # In a thread: the PostgreSQL backend runs its own event loop to create the database.
     url = await asyncio.to_thread(backend.fresh_url)
     try:
-        async with running_server(fake.app) as hubspot_url:
+        async with contextlib.AsyncExitStack() as stack:
+            hubspot_url = await stack.enter_async_context(running_server(fake.app))
+            extra: dict[str, str] = {}
+            if salesforce is not None:
+                sf_url = await stack.enter_async_context(running_server(salesforce.app))
+                extra = {
+                    "target": "salesforce",
+                    "salesforce_instance_url": sf_url,
+                    "salesforce_access_token": salesforce.access_token,
+                }
             env = service_env(
                 url,
                 args.secret,
@@ -135,6 +161,7 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
                 hubspot_api_url=hubspot_url,
                 admin_token=ADMIN,
                 reconcile_interval_s="0",
+                **extra,
             )
             server = await asyncio.to_thread(servers.start_service, env, args.workdir, "backfill")
             base = server.url.removesuffix(servers.WEBHOOK_PATH)
@@ -144,6 +171,7 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
                     quiet = await asyncio.to_thread(_paced, server.url, args, 50_000_000)
                     await settle(http, base, 0)
                     reads_before = fake.batch_read_calls
+                    target_before = _sf_calls(salesforce)
                     # 2. the backfill, with the same load beside it
                     started = time.monotonic()
                     answer = await http.post(
@@ -161,8 +189,10 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
                     status = await settle(http, base, 0, timeout_s=JOB_TIMEOUT_S)
                     wall_s = time.monotonic() - started
                     webhook_reads = fake.batch_read_calls - reads_before
+                    target_calls = _sf_calls(salesforce) - target_before
                     # 3. an unchanged portal, reconciled
                     upserted = await _upsert_times(url)
+                    target_before = _sf_calls(salesforce)
                     stamp = int(time.time() * 1000) - 1000
                     for object_id in fake.contacts:
                         fake.touch(object_id, when_ms=stamp)
@@ -178,6 +208,7 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
                     status = await settle(http, base, 0, timeout_s=JOB_TIMEOUT_S)
                     unchanged = status["skipped_by_reason"].get("unchanged", 0)
                     again = await _upsert_times(url)
+                    reconcile_calls = _sf_calls(salesforce) - target_before
                     rss = _peak_rss_mb(server.pid)
             finally:
                 await asyncio.to_thread(server.stop)
@@ -185,9 +216,11 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
         await asyncio.to_thread(backend.drop, url)
     found = job["found"]
     bound = math.ceil(found / 100) + 2
-    reupserted = sum(1 for k, v in again.items() if upserted.get(k) != v)
+    # the dry-run target's upserts show as changed upsert times; Salesforce's as calls
+    reupserted = sum(1 for k, v in again.items() if upserted.get(k) != v) + reconcile_calls
     return {
         "backend": backend.name,
+        "target": target,
         "contacts": n,
         "found": found,
         "job s": job_s,
@@ -196,6 +229,7 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
         "search calls": job["hubspot_calls"],
         "bound": bound,
         "batch reads (webhooks)": webhook_reads,
+        "target calls/contact": f"{target_calls / found:.4f}" if salesforce else None,
         "peak RSS MB": rss,
         "ack p99 ms alone": quiet["p99_ms"],
         "ack p99 ms beside": busy["p99_ms"],
@@ -208,10 +242,14 @@ async def _measure(backend: Backend, args: argparse.Namespace) -> Row:
 def run(args: argparse.Namespace) -> list[Row]:
     """The backfill of a large portal, per backend."""
     rows: list[Row] = []
-    for backend in backends_for(args):
-        row = asyncio.run(_measure(backend, args))
+    targets = [t.strip() for t in args.backfill_targets.split(",") if t.strip()]
+    if not targets or set(targets) - {"dry-run", "salesforce"}:
+        raise BenchError(f"--backfill-targets takes dry-run and salesforce, not {targets}")
+    for backend, target in ((b, t) for b in backends_for(args) for t in targets):
+        row = asyncio.run(_measure(backend, args, target))
         print(
-            f"bench: backfill {backend.name}: {row['found']} contacts in {row['wall s']:.1f} s,"
+            f"bench: backfill {backend.name} {target}: {row['found']} contacts"
+            f" in {row['wall s']:.1f} s,"
             f" {row['search calls']} search calls (bound {row['bound']}),"
             f" ack p99 {row['ack p99 ms alone']:.1f} -> {row['ack p99 ms beside']:.1f} ms",
             file=sys.stderr,
