@@ -3,7 +3,13 @@
 Each of the dispatcher's ``concurrency`` workers runs :meth:`TargetWorkers.run`: it takes
 every ready job, up to the target's batch size, drops those whose lease is half gone,
 makes one call (deletes one by one, upserts as one upsert or one batch) and puts each
-answer on its job. The dispatcher owns what surrounds a call: how an error becomes an
+answer on its job.
+
+Backfill and reconcile jobs (*bulk* jobs) come by the thousand and are nobody's webhook
+waiting: while only they are ready, a worker waits up to :data:`BULK_HOLD_S` for a full
+batch of one kind (a Salesforce collection holds one object type), so a backfill costs
+the CRM's API budget about one call per batch size. A webhook's job never waits, and
+takes the worker as before. The dispatcher owns what surrounds a call: how an error becomes an
 outcome (``fail``), recording a round (``record``) and dropping jobs unrecorded
 (``give_up``); it passes those in.
 """
@@ -11,13 +17,19 @@ outcome (``fail``), recording a round (``record``) and dropping jobs unrecorded
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from receiver.dispatch.work import Job
 from receiver.errors import RateLimited, UpstreamError
 from receiver.ops.logging import get_logger
+from receiver.sync.rules import SEARCH_TYPES
 from receiver.targets.base import Target, UpsertResult
+
+#: Longest wait of bulk jobs for a full batch of their kind.
+BULK_HOLD_S = 1.0
 
 # The dispatcher's logger: these lines were always written under its name.
 log = get_logger("receiver.dispatch.dispatcher")
@@ -63,10 +75,12 @@ class TargetWorkers:
             while not self.ready:
                 self._signal.clear()
                 await self._signal.wait()
+            await self._fill()
+            if not self.ready:
+                continue  # another worker took them meanwhile
             batch: list[Job] = []
             now = self.clock()
-            while self.ready and len(batch) < self.target.batch_size:
-                job = self.ready.popleft()
+            for job in self._take():
                 if now > job.start_by:
                     self.give_up([job], "lease_half_spent_in_queue")
                 else:
@@ -80,6 +94,46 @@ class TargetWorkers:
                 log.exception("target_round_failed", contacts=len(batch))
                 # Leases expire and the contacts are claimed again: nothing is lost.
                 self.give_up(batch, "target_round_failed")
+
+    def _full_kind(self) -> bool:
+        """True when some kind has a full batch of bulk jobs ready, or a job is not bulk."""
+        counts: dict[str, int] = {}
+        for job in self.ready:
+            kind = _bulk_kind(job)
+            if kind is None:
+                return True
+            counts[kind] = counts.get(kind, 0) + 1
+            if counts[kind] >= self.target.batch_size:
+                return True
+        return False
+
+    async def _fill(self) -> None:
+        """While only bulk jobs are ready, wait (a while) for a full batch of one kind."""
+        deadline = time.monotonic() + BULK_HOLD_S
+        while self.ready and not self._full_kind():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._signal.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._signal.wait()
+        self._signal.set()  # wake the other workers for what is left
+
+    def _take(self) -> list[Job]:
+        """The next batch: up to the batch size in order; bulk jobs of one kind only."""
+        size = self.target.batch_size
+        kind = _bulk_kind(self.ready[0])
+        if kind is None:
+            return [self.ready.popleft() for _ in range(min(size, len(self.ready)))]
+        taken: list[Job] = []
+        kept: deque[Job] = deque()
+        while self.ready and len(taken) < size:
+            job = self.ready.popleft()
+            (taken if _bulk_kind(job) == kind else kept).append(job)
+        kept.extend(self.ready)
+        self.ready = kept
+        return taken
 
     async def call(self, batch: list[Job]) -> None:
         """Make the target calls of ``batch`` and put each answer on its job."""
@@ -138,3 +192,11 @@ class TargetWorkers:
             return
         job.deleted()
         log.info("contact_deleted", event_id=event.id, contact_id=job.object_id, records=count)
+
+
+def _bulk_kind(job: Job) -> str | None:
+    """The record kind of a backfill or reconcile upsert; None for any other job."""
+    carrier = job.plan.carrier
+    if job.op != "upsert" or carrier is None or carrier.subscription_type not in SEARCH_TYPES:
+        return None
+    return job.request.kind if job.request is not None else None
