@@ -139,6 +139,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  lead stages:     {', '.join(settings.lead_stages)}")
     print(f"  contact stages:  {', '.join(settings.contact_stages)}")
     print(f"  hubspot fetch:   {'on' if settings.hubspot_token else 'off (webhook data only)'}")
+    if not settings.hubspot_token:
+        reconcile = "off (needs the HubSpot token)"
+    elif settings.reconcile_interval_s > 0:
+        reconcile = f"every {settings.reconcile_interval_s:g} s"
+    else:
+        reconcile = "off (RECONCILE_INTERVAL_S=0)"
+    print(f"  reconcile:       {reconcile}")
     print(f"  public url:      {settings.public_url or '(from the request)'}")
     print(f"  admin api:       {'enabled' if settings.admin_token else 'disabled (no token)'}")
     print(f"  on delete:       {settings.on_delete}")

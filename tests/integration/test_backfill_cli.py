@@ -87,3 +87,20 @@ async def test_reconcile_runs_one_pass_in_the_cli_process(tmp_path: Path) -> Non
     reconcile = next(line for line in lines if line.startswith("  reconcile:"))
     assert reconcile.endswith("found 1") and "last never" not in reconcile
     assert "  backfill running:   none" in lines
+
+
+def test_check_config_says_whether_reconciliation_runs_and_refuses_a_negative_interval(
+    tmp_path: Path,
+) -> None:
+    base = env_for(tmp_path)
+    token = {"STAGESYNC_HUBSPOT_ACCESS_TOKEN": "pat-na1-abc"}
+    runs = run_cli({**base, **token, "STAGESYNC_RECONCILE_INTERVAL_S": "600"}, "check-config")
+    off = run_cli({**base, **token, "STAGESYNC_RECONCILE_INTERVAL_S": "0"}, "check-config")
+    untoken = run_cli(base, "check-config")
+    negative = run_cli({**base, "STAGESYNC_RECONCILE_INTERVAL_S": "-1"}, "check-config")
+    assert "  reconcile:       every 600 s" in runs.stdout.splitlines()
+    assert "  reconcile:       off (RECONCILE_INTERVAL_S=0)" in off.stdout.splitlines()
+    assert "  reconcile:       off (needs the HubSpot token)" in untoken.stdout.splitlines()
+    assert negative.returncode == 1
+    assert "STAGESYNC_RECONCILE_INTERVAL_S" in negative.stderr
+    assert "pat-na1-abc" not in runs.stdout + runs.stderr
