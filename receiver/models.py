@@ -69,6 +69,7 @@ class ContactState:
     target_id: str | None
     stage: str | None
     last_occurred_at: int | None
+    record_digest: str | None = None  # of the last record upserted (kind and fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class ContactUpdate:
     target_id: str | None
     stage: str | None
     last_occurred_at: int | None
+    record_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +178,39 @@ class FailureGroup:
     first_at: float
     last_at: float
     sample_event_ids: tuple[int, ...]
+
+
+BACKFILL_STATES = ("running", "done", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillJob:
+    """A backfill as the store holds it: its stages, counts, cursor and lease.
+
+    ``cursor`` is the search's position (``window_after_id``, ``after``, ``last_id``),
+    empty before the first page; ``owner`` and ``lease_until`` say which instance runs it.
+    """
+
+    id: int
+    state: str
+    stages: tuple[str, ...]
+    found: int
+    queued: int
+    pages: int
+    calls: int
+    cursor: dict[str, Any]
+    cancel_requested: bool
+    error: str | None
+    started_at: float
+    finished_at: float | None
+    owner: str | None = None
+    lease_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileState:
+    """Reconciliation's stored watermark (unix seconds), last pass and what it found."""
+
+    watermark: float | None
+    last_run_at: float | None
+    found: int

@@ -85,6 +85,7 @@ class Settings(EnvOverFileSettings):
     alert_webhook_url: SecretStr | None = None
     alert_interval_s: float = Field(300.0, gt=0)
     alert_backlog_s: float = Field(1800.0, gt=0)
+    reconcile_interval_s: float = Field(900.0, ge=0, description="0 turns reconciliation off")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,27 +18,22 @@ from typing import Any
 
 import orjson
 
-from receiver.cli import sync_settings
-from receiver.cli.store import database_label, no_work, with_store
+from receiver.cli import jobs, sync_settings
+from receiver.cli.store import database_label, no_work, settings_from_args, with_store
 from receiver.dispatch.sync_settings import status_fields
 from receiver.errors import ConfigError
 from receiver.models import STATES, EventFilter
 from receiver.ops.presenters import event_json, history_json, iso, record_json
 from receiver.ops.status import build_status
-from receiver.settings import ENV_PREFIX, Settings, load_settings
+from receiver.settings import ENV_PREFIX
 from receiver.store.base import EventStore, split_replayable
 from receiver.web.admin.params import DEFAULT_LIMIT, MAX_LIMIT, BadParam, parse_time
 from receiver.web.numbers import MAX_INT64, parse_uint
 
 DEMO_SECRET = "demo-client-secret-not-for-production"
-PLACEHOLDER_SECRET = "unused-by-database-commands"
 
 
-def _settings(args: argparse.Namespace, need_secret: bool = True) -> Settings:
-    environ = dict(os.environ)
-    if not need_secret:
-        environ.setdefault(ENV_PREFIX + "HUBSPOT_CLIENT_SECRET", PLACEHOLDER_SECRET)
-    return load_settings(getattr(args, "config", None), environ)
+_settings = settings_from_args
 
 
 def _when(value: str) -> float:
@@ -149,6 +143,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(f"  alerts:          {'on' if settings.alert_webhook_url else 'off'}")
     print(f"  hubspot fetch:   {'on' if settings.hubspot_token else 'off (webhook data only)'}")
+    if not settings.hubspot_token:
+        reconcile = "off (needs the HubSpot token)"
+    elif settings.reconcile_interval_s > 0:
+        reconcile = f"every {settings.reconcile_interval_s:g} s"
+    else:
+        reconcile = "off (RECONCILE_INTERVAL_S=0)"
+    print(f"  reconcile:       {reconcile}")
     print(f"  public url:      {settings.public_url or '(from the request)'}")
     print(f"  admin api:       {'enabled' if settings.admin_token else 'disabled (no token)'}")
     print(f"  on delete:       {settings.on_delete}")
@@ -183,6 +184,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             f" lead sync {'on' if sync['lead_sync'] else 'off'},"
             f" contact sync {'on' if sync['contact_sync'] else 'off'}"
         )
+        reconcile = doc["reconcile"]
+        print(
+            f"  reconcile:          last {reconcile['last_run_at'] or 'never'},"
+            f" watermark {reconcile['watermark'] or 'none'}, found {reconcile['found']}"
+        )
+        job = doc["backfill"]
+        running = f"{job['id']}: found {job['found']}, queued {job['queued']}" if job else "none"
+        print(f"  backfill running:   {running}")
         return 0
 
     return asyncio.run(with_store(settings, work))
@@ -404,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-id", type=_object_id, metavar="N")
     p.add_argument("--secret", help="client secret to sign with (default: the configured one)")
     sync_settings.register(command)
+    jobs.add_commands(sub)
     return parser
 
 

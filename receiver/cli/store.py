@@ -9,6 +9,7 @@ credentials.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 
-from receiver.settings import ENV_PREFIX, Settings
+from receiver.settings import ENV_PREFIX, Settings, load_settings
 from receiver.store.base import EventStore
 from receiver.store.factory import make_store
 from receiver.store.sqlite.store import sqlite_path
@@ -93,3 +94,18 @@ async def _let_driver_threads_finish(within_s: float = 1.0) -> None:
 async def no_work(store: EventStore) -> int:
     """Nothing: ``with_store(settings, no_work)`` only opens (and migrates) the database."""
     return 0
+
+
+#: Stands in for the client secret in commands that only read or write the database.
+PLACEHOLDER_SECRET = "unused-by-database-commands"
+
+
+def settings_from_args(args: argparse.Namespace, need_secret: bool = True) -> Settings:
+    """The settings of a command: ``--config`` (or ``STAGESYNC_CONFIG``) and the environment.
+
+    A command that only works on the database does not need the client secret.
+    """
+    environ = dict(os.environ)
+    if not need_secret:
+        environ.setdefault(ENV_PREFIX + "HUBSPOT_CLIENT_SECRET", PLACEHOLDER_SECRET)
+    return load_settings(getattr(args, "config", None), environ)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -19,24 +18,17 @@ from typing import Any
 import httpx
 import orjson
 
-from receiver.cli.store import with_store
+from receiver.cli.store import settings_from_args, with_store
 from receiver.dispatch.sync_settings import read_in_force, save, sync_settings_json
 from receiver.hubspot.client import HubSpotClient
 from receiver.hubspot.pacer import RequestPacer
 from receiver.hubspot.stages import StageCatalogue
 from receiver.models import SyncValues
-from receiver.settings import ENV_PREFIX, Settings, load_settings
+from receiver.settings import Settings
 from receiver.store.base import EventStore
 from receiver.sync.sync_settings import clean_stages
 
 BY = "cli"
-PLACEHOLDER_SECRET = "unused-by-database-commands"
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    environ = dict(os.environ)
-    environ.setdefault(ENV_PREFIX + "HUBSPOT_CLIENT_SECRET", PLACEHOLDER_SECRET)
-    return load_settings(getattr(args, "config", None), environ)
 
 
 def _switch(text: str) -> bool:
@@ -84,7 +76,7 @@ def _show(doc: dict[str, Any], as_json: bool) -> None:
 
 def cmd_sync_settings(args: argparse.Namespace) -> int:
     """Show (no action), ``set`` or ``reset`` the sync settings."""
-    settings = _settings(args)
+    settings = settings_from_args(args, need_secret=False)
     if args.action is None:
         return asyncio.run(with_store(settings, _showing(settings, args.json)))
     if args.action == "reset":

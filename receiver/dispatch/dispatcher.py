@@ -54,7 +54,7 @@ from receiver.ops.metrics import Metrics
 from receiver.store.base import EventStore
 from receiver.sync.mapping import hubspot_properties
 from receiver.sync.retry import RetryPolicy, classify
-from receiver.sync.rules import RoutingConfig, plan_contact
+from receiver.sync.rules import RoutingConfig, carried_properties, plan_contact
 from receiver.targets.base import Target
 
 __all__ = ["ContactReader", "Dispatcher", "classify"]
@@ -326,20 +326,30 @@ class Dispatcher:
         syncing = [j for j in jobs if j.plan.carrier is not None and j.plan.delete is None]
         if not syncing:
             return
+        # A backfill or reconcile event carries what HubSpot's search answered: no read.
+        carried = {}
+        for job in syncing:
+            assert job.plan.carrier is not None
+            props = carried_properties(job.plan.carrier)
+            if props is not None:
+                carried[job.object_id] = props
+        to_read = [j for j in syncing if j.object_id not in carried]
         fetched: dict[int, dict[str, str | None]] | None = None
-        if self.hubspot is not None:
+        if self.hubspot is not None and to_read:
             try:
                 fetched = await self.hubspot.batch_read(
-                    [j.object_id for j in syncing], self.properties, now
+                    [j.object_id for j in to_read], self.properties, now
                 )
                 self._hubspot_streak = 0
             except Exception as exc:
                 if isinstance(exc, RateLimited):
                     self._hubspot_streak += 1
-                self._fail_jobs(syncing, exc, "hubspot", self._hubspot_streak)
-                return
+                self._fail_jobs(to_read, exc, "hubspot", self._hubspot_streak)
+                syncing = [j for j in syncing if j.object_id in carried]
         for n, job in enumerate(syncing, 1):
-            if fetched is not None:
+            if job.object_id in carried:
+                job.resolve(carried[job.object_id], routing, self.mappings)
+            elif fetched is not None:
                 job.resolve(fetched.get(job.object_id), routing, self.mappings)
             else:
                 job.resolve_from_webhook(routing, self.mappings)

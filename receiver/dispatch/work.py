@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from receiver.models import ClaimedContact, ContactUpdate, Outcome, StoredEvent
-from receiver.sync.mapping import LIFECYCLE_STAGE, map_fields
+from receiver.sync.mapping import LIFECYCLE_STAGE, map_fields, record_digest
 from receiver.sync.rules import (
+    RECONCILE,
     ContactPlan,
     Decision,
     RoutingConfig,
@@ -124,6 +125,7 @@ class Job:
                     state.target_id if state else None,
                     stage,
                     self.applied_at(carrier),
+                    state.record_digest if state else None,
                 )
             return
         self.reason = decision.reason
@@ -132,6 +134,24 @@ class Job:
         # A record of this kind exists already: the upsert updates it, and fields the
         # events did not carry must not be overwritten with placeholders.
         exists = state is not None and state.kind == kind and bool(state.target_id)
+        if (
+            carrier.subscription_type == RECONCILE
+            and exists
+            and state is not None
+            and state.record_digest == record_digest(kind, fields)
+        ):
+            # HubSpot bumps the modification time for analytics properties all day: the
+            # record, not the timestamp, says whether there is anything to write.
+            self.result.append(Outcome(carrier.id, "skipped", reason="unchanged", stage=stage))
+            self.contact = ContactUpdate(
+                self.object_id,
+                state.kind,
+                state.target_id,
+                stage,
+                self.applied_at(carrier),
+                state.record_digest,
+            )
+            return
         # A Lead may turn out converted in the CRM: its update then goes to the Contact.
         contact_fields = map_fields(mappings["contact"], properties) if kind == "lead" else None
         self.request = UpsertRequest(
@@ -160,7 +180,12 @@ class Job:
             )
         )
         self.contact = ContactUpdate(
-            self.object_id, kind, result.target_id, self.stage, self.applied_at(carrier)
+            self.object_id,
+            kind,
+            result.target_id,
+            self.stage,
+            self.applied_at(carrier),
+            record_digest(kind, self.request.fields),
         )
 
     def deleted(self) -> None:

@@ -11,18 +11,29 @@ the claim loop running out of work or room) sends what is staged the usual way.
 The dispatcher owns what surrounds a call: how an error becomes an outcome (``fail``),
 recording a round (``record``) and dropping jobs unrecorded (``give_up``); it passes
 those in.
+
+Backfill and reconcile jobs come by the thousand and are nobody's webhook waiting: while
+only they are ready, a worker waits up to :data:`BULK_HOLD_S` for a full batch of one
+kind, so a backfill costs the CRM's API budget about one call per batch size. A webhook's
+job never waits, and takes the worker as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from receiver.dispatch.work import Job, event_ref
 from receiver.errors import RateLimited, UpstreamError
 from receiver.ops.logging import get_logger
+from receiver.sync.rules import SEARCH_TYPES
 from receiver.targets.base import BulkTarget, Target, UpsertResult
+
+#: Longest wait of bulk jobs for a full batch of their kind.
+BULK_HOLD_S = 1.0
 
 # The dispatcher's logger: these lines were always written under its name.
 log = get_logger("receiver.dispatch.dispatcher")
@@ -95,6 +106,10 @@ class TargetWorkers:
             while not self.ready and not self.bulk_ready:
                 self._signal.clear()
                 await self._signal.wait()
+            if not self.bulk_ready:
+                await self._fill()
+                if not self.ready:
+                    continue  # another worker took them meanwhile
             now = self.clock()
             bulk = bool(self.bulk_ready)
             if bulk:
@@ -110,6 +125,31 @@ class TargetWorkers:
                 log.exception("target_round_failed", contacts=len(batch))
                 # Leases expire and the contacts are claimed again: nothing is lost.
                 self.give_up(batch, "target_round_failed")
+
+    def _full_kind(self) -> bool:
+        """True when some kind has a full batch of bulk jobs ready, or a job is not bulk."""
+        counts: dict[str, int] = {}
+        for job in self.ready:
+            kind = _bulk_kind(job)
+            if kind is None:
+                return True
+            counts[kind] = counts.get(kind, 0) + 1
+            if counts[kind] >= self.target.batch_size:
+                return True
+        return False
+
+    async def _fill(self) -> None:
+        """While only bulk jobs are ready, wait (a while) for a full batch of one kind."""
+        deadline = time.monotonic() + BULK_HOLD_S
+        while self.ready and not self._full_kind():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._signal.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._signal.wait()
+        self._signal.set()  # wake the other workers for what is left
 
     def take(self, now: float) -> list[Job]:
         """Up to ``batch_size`` ready jobs, dropping those whose lease is half gone.
@@ -205,3 +245,11 @@ class TargetWorkers:
             return
         job.deleted()
         log.info("contact_deleted", event_id=event.id, contact_id=job.object_id, records=count)
+
+
+def _bulk_kind(job: Job) -> str | None:
+    """The record kind of a backfill or reconcile upsert; None for any other job."""
+    carrier = job.plan.carrier
+    if job.op != "upsert" or carrier is None or carrier.subscription_type not in SEARCH_TYPES:
+        return None
+    return job.request.kind if job.request is not None else None

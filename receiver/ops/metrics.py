@@ -71,6 +71,17 @@ class Metrics:
             "Share of the target's daily API limit used, as it last reported (0 when unknown)",
             registry=r,
         )
+        self.backfill_contacts = Counter(
+            "stagesync_backfill_contacts", "Contacts queued by backfills", registry=r
+        )
+        self.reconcile_runs = Counter(
+            "stagesync_reconcile_runs", "Reconciliation passes by result", ["result"], registry=r
+        )
+        self.reconcile_lag = Gauge(
+            "stagesync_reconcile_lag_seconds",
+            "Now minus the reconciliation watermark (0 before the first pass)",
+            registry=r,
+        )
 
     def hubspot_call(self, status: str) -> None:
         """Count one HubSpot call by status class."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from receiver import __version__
-from receiver.models import STATES
+from receiver.models import STATES, BackfillJob, ReconcileState
 from receiver.ops.presenters import iso
 
 
@@ -48,6 +48,31 @@ class StatusSource(Protocol):
         """When an event last ended ``synced``."""
         ...
 
+    async def reconcile_state(self) -> ReconcileState:
+        """Reconciliation's watermark, last pass and what it found."""
+        ...
+
+    async def list_backfills(self, limit: int) -> list[BackfillJob]:
+        """The newest backfills, newest first."""
+        ...
+
+
+def backfill_json(job: BackfillJob) -> dict[str, Any]:
+    """A job as the admin API and ``/status`` show it."""
+    return {
+        "id": job.id,
+        "state": job.state,
+        "stages": list(job.stages),
+        "found": job.found,
+        "queued": job.queued,
+        "pages": job.pages,
+        "hubspot_calls": job.calls,
+        "cancel_requested": job.cancel_requested,
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "error": job.error,
+    }
+
 
 async def build_status(
     store: StatusSource,
@@ -76,6 +101,14 @@ async def build_status(
         "uptime_s": round(now - started_at, 3) if started_at is not None else None,
         "database": store.name,
     }
+    reconcile = await store.reconcile_state()
+    doc["reconcile"] = {
+        "last_run_at": iso(reconcile.last_run_at),
+        "watermark": iso(reconcile.watermark),
+        "found": reconcile.found,
+    }
+    running = [job for job in await store.list_backfills(1) if job.state == "running"]
+    doc["backfill"] = backfill_json(running[0]) if running else None
     if extra:
         doc.update(extra)
     return doc

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from receiver.models import (
     OPEN_STATES,
     REPLAYABLE_STATES,
+    BackfillJob,
     ClaimedContact,
     ContactState,
     ContactUpdate,
@@ -17,6 +18,7 @@ from receiver.models import (
     HistoryEntry,
     NewEvent,
     Outcome,
+    ReconcileState,
     SavedSyncSettings,
     StoredEvent,
     SyncSettingsChange,
@@ -224,4 +226,68 @@ class EventStore(Protocol):
 
     async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
         """Failed events grouped by error code, largest group first."""
+        ...
+
+    # -- backfill jobs and reconciliation (receiver.jobs) ------------------------------
+
+    async def create_backfill(self, stages: Sequence[str], now: float) -> BackfillJob | None:
+        """Start a backfill of ``stages``; None when one is running already (any instance)."""
+        ...
+
+    async def take_backfill(self, owner: str, now: float, lease_s: float) -> BackfillJob | None:
+        """Lease the running backfill for ``lease_s``, unless another owner holds it."""
+        ...
+
+    async def advance_backfill(
+        self,
+        job_id: int,
+        owner: str,
+        counts: tuple[int, int, int, int],
+        cursor: dict[str, Any],
+        now: float,
+        lease_s: float,
+    ) -> BackfillJob | None:
+        """Store ``(found, queued, pages, calls)`` and the cursor after a page and renew the
+        lease; None when ``owner`` no longer holds the job."""
+        ...
+
+    async def finish_backfill(
+        self, job_id: int, owner: str, state: str, error: str | None, now: float
+    ) -> None:
+        """End the backfill as ``state`` (``done``, ``failed`` or ``cancelled``)."""
+        ...
+
+    async def release_backfill(self, job_id: int, owner: str) -> None:
+        """Give up the backfill's lease without ending it (a clean stop)."""
+        ...
+
+    async def cancel_backfill(self, job_id: int, now: float) -> BackfillJob | None:
+        """Ask a running backfill to stop after its current page; one that no instance
+        runs is cancelled at once. The job as it is then, or None if unknown."""
+        ...
+
+    async def get_backfill(self, job_id: int) -> BackfillJob | None:
+        """One backfill, or None."""
+        ...
+
+    async def list_backfills(self, limit: int) -> list[BackfillJob]:
+        """The newest ``limit`` backfills, newest first."""
+        ...
+
+    async def backfill_outcomes(self, job: BackfillJob) -> dict[str, int]:
+        """Backfill events received since ``job`` started, counted by state."""
+        ...
+
+    async def take_reconcile(self, owner: str, now: float, lease_s: float) -> ReconcileState | None:
+        """Lease the reconciliation pass for ``lease_s``; None while another holds it."""
+        ...
+
+    async def finish_reconcile(
+        self, owner: str, watermark: float | None, found: int, now: float
+    ) -> None:
+        """Store a pass's watermark (None keeps the old one) and count, and release it."""
+        ...
+
+    async def reconcile_state(self) -> ReconcileState:
+        """The stored watermark, last pass and what it found."""
         ...

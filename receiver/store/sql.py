@@ -37,7 +37,7 @@ REPLAYABLE_SQL = f"state NOT IN ({_quoted([s for s in STATES if s not in REPLAYA
 # take more claims.
 CLAIM_SCAN_PER_CONTACT = 5
 
-CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at"
+CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at, record_digest"
 HISTORY_COLUMNS = "at, outcome, error_code, error_message"
 
 NEXT_DUE = f"SELECT min(next_attempt_at) FROM events WHERE {OPEN_SQL}"

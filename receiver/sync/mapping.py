@@ -7,7 +7,10 @@ default field.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+
+import orjson
 
 LIFECYCLE_STAGE = "lifecyclestage"
 
@@ -36,3 +39,13 @@ def map_fields(
 ) -> dict[str, str | None]:
     """Target fields for the properties present; absent properties are left out."""
     return {field: properties[prop] for field, prop in mapping.items() if prop in properties}
+
+
+def record_digest(kind: str, fields: Mapping[str, str | None]) -> str:
+    """A short fingerprint of a record as upserted: its kind and its fields.
+
+    Equal records give equal digests whatever the order of their fields, so a
+    reconciliation can tell that a contact's record would not change.
+    """
+    body = orjson.dumps([kind, dict(fields)], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(body, digest_size=16).hexdigest()

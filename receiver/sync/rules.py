@@ -17,7 +17,13 @@ from receiver.models import ContactState, Kind, StoredEvent
 from receiver.sync.mapping import LIFECYCLE_STAGE
 
 PROPERTY_CHANGE = "contact.propertyChange"
-SYNC_TYPES = frozenset({PROPERTY_CHANGE, "contact.creation", "contact.restore", "contact.merge"})
+#: Events that backfill and reconciliation make from HubSpot's search answer.
+BACKFILL = "stagesync.backfill"
+RECONCILE = "stagesync.reconcile"
+SEARCH_TYPES = frozenset({BACKFILL, RECONCILE})
+SYNC_TYPES = frozenset(
+    {PROPERTY_CHANGE, "contact.creation", "contact.restore", "contact.merge", *SEARCH_TYPES}
+)
 PRIVACY_DELETION = "contact.privacyDeletion"
 DELETION = "contact.deletion"
 
@@ -194,6 +200,20 @@ def webhook_properties(events: Sequence[StoredEvent]) -> dict[str, str | None]:
             value = event.raw["propertyValue"]
             props[name] = None if value is None else str(value)
     return props
+
+
+def carried_properties(event: StoredEvent) -> dict[str, str | None] | None:
+    """The properties a backfill or reconcile event carries (what the search returned).
+
+    None for any other event: a webhook says only *that* something changed, so its
+    contact is read from HubSpot. A search answer is as current as a read would be.
+    """
+    if event.subscription_type not in SEARCH_TYPES:
+        return None
+    props = event.raw.get("properties")
+    if not isinstance(props, dict):
+        return None
+    return {str(k): None if v is None else str(v) for k, v in props.items()}
 
 
 def stage_from_webhook(events: Sequence[StoredEvent], state: ContactState | None) -> str | None:

@@ -21,7 +21,10 @@ from receiver.dispatch.dispatcher import Dispatcher
 from receiver.dispatch.sync_settings import LiveSyncSettings
 from receiver.hubspot.client import HubSpotClient
 from receiver.hubspot.pacer import RequestPacer
+from receiver.hubspot.search import ContactSearch
 from receiver.hubspot.stages import StageCatalogue
+from receiver.jobs.backfill import BackfillRunner, synced_stages
+from receiver.jobs.reconcile import Reconciler
 from receiver.ops.alerts import Alerts
 from receiver.ops.logging import RequestIdMiddleware, get_logger
 from receiver.ops.metrics import Metrics
@@ -99,13 +102,23 @@ def _build_context(
 ) -> AppContext:
     """The clients, the target and the dispatcher around an open store."""
     hubspot = None
+    search = None
     token = settings.hubspot_token
+    # One pacer for every HubSpot call: batch reads and searches share the portal's budget.
+    pacer = RequestPacer(settings.hubspot_rate_limit, 10.0)
     if token:
         hubspot = HubSpotClient(
             http=client,
             base_url=settings.hubspot_api_url,
             token=token,
-            pacer=RequestPacer(settings.hubspot_rate_limit, 10.0),
+            pacer=pacer,
+            on_call=metrics.hubspot_call,
+        )
+        search = ContactSearch(
+            http=client,
+            base_url=settings.hubspot_api_url,
+            token=token,
+            pacer=pacer,
             on_call=metrics.hubspot_call,
         )
     target = target_factory(
@@ -115,11 +128,12 @@ def _build_context(
         kind: merge_mapping(target.default_mapping(kind), settings.mapping.get(kind, {}))
         for kind in ("lead", "contact")
     }
+    properties = hubspot_properties(*mappings.values())
     routing = RoutingConfig(
         lead_stages=frozenset(settings.lead_stages),
         contact_stages=frozenset(settings.contact_stages),
         on_delete=settings.on_delete,
-        properties=frozenset(hubspot_properties(*mappings.values())),
+        properties=frozenset(properties),
         promotion=settings.promotion,
         lead_sync=settings.lead_sync,
         contact_sync=settings.contact_sync,
@@ -135,6 +149,21 @@ def _build_context(
             backlog_s=settings.alert_backlog_s,
             clock=clock,
         )
+    backfills = reconciler = None
+    if search is not None:
+        backfills = BackfillRunner(
+            store=store, search=search, properties=properties, metrics=metrics, clock=clock
+        )
+        if settings.reconcile_interval_s > 0:
+            reconciler = Reconciler(
+                store=store,
+                search=search,
+                properties=properties,
+                stages=synced_stages(settings),
+                interval_s=settings.reconcile_interval_s,
+                metrics=metrics,
+                clock=clock,
+            )
     dispatcher = Dispatcher(
         store=store,
         target=target,
@@ -162,6 +191,8 @@ def _build_context(
         sync_settings=live,
         stages=StageCatalogue(hubspot),
         alerts=alerts,
+        backfills=backfills,
+        reconciler=reconciler,
     )
 
 
@@ -201,6 +232,9 @@ def create_app(
         store.add_commit_listener(dispatcher.wake)
         await ctx.sync_settings.refresh()  # the saved settings before the first round
         dispatcher.start()
+        jobs = [job for job in (ctx.backfills, ctx.reconciler) if job is not None]
+        for job in jobs:
+            job.start()
         background = _start_background(ctx)
         log.info(
             "service_started",
@@ -212,6 +246,8 @@ def create_app(
             yield
         finally:
             await cancel_and_wait(background)
+            for job in jobs:
+                await job.stop()
             await dispatcher.stop()
             await target.aclose()
             if http is None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from receiver.dispatch.dispatcher import Dispatcher
 from receiver.dispatch.sync_settings import LiveSyncSettings
 from receiver.hubspot.stages import StageCatalogue
+from receiver.jobs.backfill import BackfillRunner
+from receiver.jobs.reconcile import Reconciler
 from receiver.ops.alerts import Alerts
 from receiver.ops.metrics import Metrics
 from receiver.settings import Settings
@@ -31,3 +33,6 @@ class AppContext:
     sync_settings: LiveSyncSettings
     stages: StageCatalogue
     alerts: Alerts | None
+    #: None without a HubSpot token, or (reconciler) with RECONCILE_INTERVAL_S=0
+    backfills: BackfillRunner | None = None
+    reconciler: Reconciler | None = None

@@ -86,4 +86,7 @@ async def metrics(request: Request) -> Response:
     oldest = await ctx.store.oldest_open_received_at()
     m.oldest_pending.set(max(0.0, ctx.clock() - oldest) if oldest else 0)
     m.observe_target_api(ctx.target.api_status())
+    reconcile = await ctx.store.reconcile_state()
+    watermark = reconcile.watermark
+    m.reconcile_lag.set(max(0.0, ctx.clock() - watermark) if watermark is not None else 0)
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -39,6 +39,7 @@ from receiver.models import (
 from receiver.store.base import IngestResult, ReplayRefusal, split_replayable
 from receiver.store.replay import purge_in_chunks, replay_in_chunks
 from receiver.store.rows import history_outcome, storable
+from tests.fakes.memory_jobs import InMemoryJobs
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _matches(event: StoredEvent, flt: EventFilter) -> bool:
     )
 
 
-class InMemoryStore:
+class InMemoryStore(InMemoryJobs):
     """An :class:`~receiver.store.base.EventStore` in dictionaries; ``claims`` and
     ``records`` count the calls, ``leases`` maps a contact to ``(owner, until)``."""
 
@@ -205,7 +206,7 @@ class InMemoryStore:
                 self.synced_at = now
         for c in contacts:
             self.contacts[c.object_id] = ContactState(
-                c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at
+                c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at, c.record_digest
             )
         for object_id in release:
             if self.leases.get(object_id, ("", 0.0))[0] == owner:

@@ -37,6 +37,10 @@ SPEC_METRICS = {
     "stagesync_oldest_pending_seconds": "gauge",
     "stagesync_upstream_calls": "counter",
     "stagesync_retries_scheduled": "counter",
+    # Part 2: backfill and reconciliation
+    "stagesync_backfill_contacts": "counter",
+    "stagesync_reconcile_runs": "counter",
+    "stagesync_reconcile_lag_seconds": "gauge",
 }
 
 

@@ -91,7 +91,7 @@ async def record(
         if history:
             await conn.execute(q.RECORD_HISTORY, *q.columns(history, 4), now)
         if contact_rows:
-            await conn.execute(q.RECORD_CONTACTS, *q.columns(contact_rows, 5), now)
+            await conn.execute(q.RECORD_CONTACTS, *q.columns(contact_rows, 6), now)
         if release:
             await conn.execute(q.RELEASE, sorted(set(release)), owner)
         if any(o.state == "synced" for o in outcomes):

@@ -182,4 +182,39 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX events_failed_code ON events(last_error_code, id) WHERE state = 'failed'",
     ],
+    # Backfill jobs and reconciliation (receiver.jobs); see receiver.store.postgres.jobs.
+    [
+        """
+        CREATE TABLE backfills (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            state TEXT NOT NULL,
+            stages TEXT NOT NULL,
+            found BIGINT NOT NULL DEFAULT 0,
+            queued BIGINT NOT NULL DEFAULT 0,
+            pages BIGINT NOT NULL DEFAULT 0,
+            calls BIGINT NOT NULL DEFAULT 0,
+            cursor TEXT NOT NULL DEFAULT '{}',
+            cancel_requested BOOLEAN NOT NULL DEFAULT false,
+            error TEXT,
+            owner TEXT,
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            started_at DOUBLE PRECISION NOT NULL,
+            finished_at DOUBLE PRECISION
+        )
+        """,
+        # One running backfill at most, across instances: the insert of a second fails.
+        "CREATE UNIQUE INDEX backfills_one_running ON backfills(state) WHERE state = 'running'",
+        """
+        CREATE TABLE reconcile_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            watermark DOUBLE PRECISION,
+            last_run_at DOUBLE PRECISION,
+            found BIGINT NOT NULL DEFAULT 0,
+            owner TEXT,
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0
+        )
+        """,
+        "INSERT INTO reconcile_state (id) VALUES (1)",
+        "ALTER TABLE contacts ADD COLUMN record_digest TEXT",
+    ],
 ]

@@ -105,11 +105,14 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
 ORDER BY u.ord
 """
 RECORD_CONTACTS = """
-INSERT INTO contacts (object_id, kind, target_id, stage, last_occurred_at, updated_at)
-SELECT u.*, $6 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS u
+INSERT INTO contacts (object_id, kind, target_id, stage, last_occurred_at, record_digest,
+                      updated_at)
+SELECT u.*, $7 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                           $6::text[]) AS u
 ON CONFLICT (object_id) DO UPDATE SET
     kind = excluded.kind, target_id = excluded.target_id, stage = excluded.stage,
-    last_occurred_at = excluded.last_occurred_at, updated_at = excluded.updated_at
+    last_occurred_at = excluded.last_occurred_at, record_digest = excluded.record_digest,
+    updated_at = excluded.updated_at
 """
 RELEASE = """
 UPDATE contact_leases SET owner = NULL, until = 0
@@ -179,7 +182,7 @@ def contact_rows(contacts: Sequence[ContactUpdate]) -> list[tuple[Any, ...]]:
     """One row per contact (the last update wins), sorted by id."""
     last = {c.object_id: c for c in contacts}
     return [
-        (c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at)
+        (c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at, c.record_digest)
         for c in (last[k] for k in sorted(last))
     ]
 

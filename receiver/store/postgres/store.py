@@ -59,6 +59,7 @@ from receiver.store.postgres import failures as failures
 from receiver.store.postgres import records as records
 from receiver.store.postgres import sql as q
 from receiver.store.postgres import sync_settings as sync_settings
+from receiver.store.postgres.jobs import PostgresJobs
 from receiver.store.postgres.listen import NotifyListener
 from receiver.store.postgres.schema import MIGRATIONS, SCHEMA_TABLE
 from receiver.store.replay import purge_in_chunks, replay_in_chunks
@@ -75,7 +76,7 @@ CONNECT_TIMEOUT_S = 10.0
 WRITERS = 2
 
 
-class PostgresStore:
+class PostgresStore(PostgresJobs):
     """:class:`~receiver.store.base.EventStore` on a PostgreSQL database shared by instances."""
 
     name = "postgres"

@@ -73,12 +73,14 @@ _INSERT_HISTORY_JSON = (
     " SELECT value ->> 0, ?2, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1)"
 )
 _UPSERT_CONTACTS_JSON = (
-    "INSERT INTO contacts(object_id, kind, target_id, stage, last_occurred_at, updated_at)"
-    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2"
+    "INSERT INTO contacts(object_id, kind, target_id, stage, last_occurred_at, record_digest,"
+    " updated_at)"
+    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, ?2"
     " FROM json_each(?1) WHERE true"
     " ON CONFLICT(object_id) DO UPDATE SET kind = excluded.kind,"
     " target_id = excluded.target_id, stage = excluded.stage,"
-    " last_occurred_at = excluded.last_occurred_at, updated_at = excluded.updated_at"
+    " last_occurred_at = excluded.last_occurred_at, record_digest = excluded.record_digest,"
+    " updated_at = excluded.updated_at"
 )
 _RELEASE_JSON = (
     "DELETE FROM contact_leases WHERE owner = ?2 AND object_id IN (SELECT value FROM json_each(?1))"
@@ -163,7 +165,10 @@ def record(
     if history:
         conn.execute(_INSERT_HISTORY_JSON, (orjson.dumps(history), now))
     if contacts:
-        people = [(c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at) for c in contacts]
+        people = [
+            (c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at, c.record_digest)
+            for c in contacts
+        ]
         conn.execute(_UPSERT_CONTACTS_JSON, (orjson.dumps(people), now))
     if release:
         conn.execute(_RELEASE_JSON, (orjson.dumps(list(release)), owner))

@@ -170,6 +170,41 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX events_failed_code ON events(last_error_code, id) WHERE state = 'failed'",
     ],
+    # Backfill jobs and reconciliation (receiver.jobs); see receiver.store.sqlite.jobs.
+    [
+        """
+        CREATE TABLE backfills (
+            id INTEGER PRIMARY KEY,
+            state TEXT NOT NULL,
+            stages TEXT NOT NULL,
+            found INTEGER NOT NULL DEFAULT 0,
+            queued INTEGER NOT NULL DEFAULT 0,
+            pages INTEGER NOT NULL DEFAULT 0,
+            calls INTEGER NOT NULL DEFAULT 0,
+            cursor TEXT NOT NULL DEFAULT '{}',
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            owner TEXT,
+            lease_until REAL NOT NULL DEFAULT 0,
+            started_at REAL NOT NULL,
+            finished_at REAL
+        )
+        """,
+        # One running backfill at most, whoever starts it: the insert of a second fails.
+        "CREATE UNIQUE INDEX backfills_one_running ON backfills(state) WHERE state = 'running'",
+        """
+        CREATE TABLE reconcile_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            watermark REAL,
+            last_run_at REAL,
+            found INTEGER NOT NULL DEFAULT 0,
+            owner TEXT,
+            lease_until REAL NOT NULL DEFAULT 0
+        )
+        """,
+        "INSERT INTO reconcile_state (id) VALUES (1)",
+        "ALTER TABLE contacts ADD COLUMN record_digest TEXT",
+    ],
 ]
 
 # Events of one contact (two placeholders for the same id): the listed ones through the

@@ -49,6 +49,7 @@ from receiver.store.sqlite import failures as sqlite_failures
 from receiver.store.sqlite import sync_settings as sqlite_sync_settings
 from receiver.store.sqlite.checkpoint import Checkpointer
 from receiver.store.sqlite.ingest import SQLiteIngest
+from receiver.store.sqlite.jobs import SQLiteJobs
 from receiver.store.sqlite.schema import CONTACT_MATCH, migrate
 from receiver.store.sqlite.thread import PRAGMAS, SQLiteWriter, connect
 from receiver.store.sqlite.write_lock import WriteLock
@@ -79,7 +80,7 @@ def sqlite_path(database_url: str) -> str:
     return database_url.removeprefix("sqlite:///")
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteJobs):
     """:class:`~receiver.store.base.EventStore` on one SQLite file."""
 
     name = "sqlite"

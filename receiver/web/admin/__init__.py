@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from receiver.web.admin import failures, sync_settings, sync_settings_page
+from receiver.web.admin import backfills, failures, sync_settings, sync_settings_page
 from receiver.web.admin.api import api_routes
 from receiver.web.admin.page import page_routes
 
@@ -17,4 +17,5 @@ def admin_routes() -> list[BaseRoute]:
         *sync_settings.routes(),
         *failures.routes(),
         *sync_settings_page.routes(),
+        *backfills.backfill_routes(),
     ]

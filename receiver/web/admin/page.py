@@ -24,7 +24,7 @@ from receiver.dispatch.sync_settings import status_fields_of
 from receiver.models import OPEN_STATES, REPLAYABLE_STATES, STATES, EventFilter
 from receiver.ops.logging import get_logger
 from receiver.ops.presenters import event_json, history_json, iso
-from receiver.ops.status import build_status
+from receiver.ops.status import backfill_json, build_status
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 from receiver.web.admin.actions import (
     audit,
@@ -54,6 +54,8 @@ from receiver.web.responses import error
 log = get_logger("receiver.web.admin.page")
 
 FAILED_FIRST = 20
+#: Backfills the page lists: the running one and the latest ended ones.
+RECENT_BACKFILLS = 5
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
@@ -171,6 +173,9 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
         rows = await ctx.store.list_events(EventFilter(state="failed"), FAILED_FIRST + 1)
         failed = [_row(e) for e in rows[:FAILED_FIRST]]
         more_failed = len(rows) > FAILED_FIRST
+    backfills: list[dict[str, Any]] = []
+    if not filtered and not cursor:
+        backfills = [backfill_json(j) for j in await ctx.store.list_backfills(RECENT_BACKFILLS)]
     events, next_cursor = await page_of(ctx.store, flt, limit, cursor)
     next_link = None
     if next_cursor:
@@ -181,6 +186,7 @@ async def index(request: Request, ctx: AppContext, caller: Caller) -> Response:
         failed=failed,
         more_failed=more_failed,
         groups=groups,
+        backfills=backfills,
         events=[_row(e) for e in events],
         filtered=filtered,
         flt=filter_json(flt),

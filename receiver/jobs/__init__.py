@@ -1,0 +1,1 @@
+"""Jobs that read HubSpot's search API: backfill and reconciliation."""
