@@ -59,7 +59,8 @@ class StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 # Libraries whose info and debug lines repeat what our own events say.
-QUIET_LIBRARIES = ("httpx", "httpcore", "aiosqlite", "asyncpg")
+# python-multipart writes one debug line per byte of a form body.
+QUIET_LIBRARIES = ("httpx", "httpcore", "aiosqlite", "asyncpg", "multipart", "python_multipart")
 
 
 def configure_logging(

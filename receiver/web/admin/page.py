@@ -37,6 +37,7 @@ from receiver.web.admin.api import (
     path_event_id,
     replay_one,
 )
+from receiver.web.admin.forms import FormRefused, read_body, read_form
 from receiver.web.auth import (
     COOKIE_NAME,
     NO_TOKEN_MESSAGE,
@@ -92,6 +93,14 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+def _refuse_form(request: Request, exc: FormRefused) -> Response:
+    answer = _refuse(request, exc.status, exc.code, exc.message)
+    if exc.status == 413:
+        # The rest of the body may still be coming: kept alive, the server would read it.
+        answer.headers["Connection"] = "close"
+    return answer
+
+
 def _refuse(request: Request, status: int, code: str, message: str) -> Response:
     """An error as a page for browsers, as the JSON error shape for everything else."""
     if status == 401 and _wants_html(request):
@@ -119,7 +128,11 @@ def _page(handler: PageHandler, *, post: bool = False) -> Callable[[Request], Aw
         if post and caller.via == "cookie" and not same_origin(request):
             return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
         try:
+            if post:
+                await read_body(request)  # these forms carry no field; the cap still holds
             return await handler(request, ctx, caller)
+        except FormRefused as exc:
+            return _refuse_form(request, exc)
         except BadParam as exc:
             return _refuse(request, 400, "bad_request", exc.sentence())
         except Exception as exc:
@@ -249,10 +262,12 @@ async def login(request: Request) -> Response:
         return _refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
     if not same_origin(request):
         return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
-    form = await request.form(max_files=0, max_fields=4)
+    try:
+        form = await read_form(request)
+    except FormRefused as exc:
+        return _refuse_form(request, exc)
     given = form.get("token")
-    await form.close()
-    if not isinstance(given, str) or not token_matches(given.strip(), token):
+    if given is None or not token_matches(given.strip(), token):
         log.warning("admin_login_failed")
         return _render("login.html", 401, message="That is not the admin token.")
     response = RedirectResponse("/admin/", status_code=303)
@@ -273,6 +288,10 @@ async def logout(request: Request) -> Response:
     if not same_origin(request):
         # Another site must not be able to log a user out, any more than in.
         return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
+    try:
+        await read_body(request)
+    except FormRefused as exc:
+        return _refuse_form(request, exc)
     response = RedirectResponse("/admin/", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="strict")
     return response
