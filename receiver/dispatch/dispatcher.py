@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -51,6 +51,7 @@ from receiver.errors import RateLimited
 from receiver.models import ClaimedContact, ContactUpdate, Outcome
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
+from receiver.ops.redaction import SecretScrubber
 from receiver.store.base import EventStore
 from receiver.sync.mapping import hubspot_properties
 from receiver.sync.retry import RetryPolicy, classify
@@ -107,8 +108,11 @@ class Dispatcher:
         max_in_flight: int | None = None,
         clock: Callable[[], float] = time.time,
         ingest_pace_s: float = INGEST_PACE_S,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.store = store
+        # Upstream errors are stored and shown: any configured secret they echo is not.
+        self.scrub = SecretScrubber(secrets)
         self.hubspot = hubspot
         self.routing = routing
         self.retry = retry
@@ -322,13 +326,20 @@ class Dispatcher:
             event = job.main_event
             assert event is not None
             outcome = classify(exc, event, event.attempt_floor, self.retry, now, streak)
-            job.result.append(replace(outcome, stage=job.stage))
+            job.result.append(
+                replace(
+                    outcome,
+                    stage=job.stage,
+                    error_code=self.scrub.optional(outcome.error_code),
+                    error_message=self.scrub.optional(outcome.error_message),
+                )
+            )
             log.warning(
                 "dispatch_retry" if outcome.state == "retrying" else "dispatch_failed",
                 event_id=event.id,
                 contact_id=job.object_id,
                 api=api,
-                error_code=outcome.error_code,
+                error_code=job.result[-1].error_code,
                 counts_attempt=outcome.counts_attempt,
             )
 

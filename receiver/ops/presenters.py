@@ -6,11 +6,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from receiver.models import HistoryEntry, StoredEvent, TargetRecord
+from receiver.nesting import MAX_EVENT_DEPTH, cut_to, deeper_than
 from receiver.ops.status import iso
 
 
+def shown_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    """An event's payload as answers show it: cut to :data:`MAX_EVENT_DEPTH` levels.
+
+    Events stored before ingest refused deep nesting may nest far deeper, past what
+    the JSON writer of an answer (which adds its own levels around it) can write.
+    """
+    if deeper_than(raw, MAX_EVENT_DEPTH):
+        cut: dict[str, Any] = cut_to(raw, MAX_EVENT_DEPTH)
+        return cut
+    return raw
+
+
 def event_json(event: StoredEvent) -> dict[str, Any]:
-    """An event as the SPEC shows it."""
+    """An event as the admin API and ``stagesync events --json`` show it."""
     last_error = None
     if event.last_error_code is not None or event.last_error_message is not None:
         last_error = {"code": event.last_error_code, "message": event.last_error_message}
@@ -27,7 +40,7 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "updated_at": iso(event.updated_at),
         "target_kind": event.target_kind,
         "target_id": event.target_id,
-        "raw": event.raw,
+        "raw": shown_raw(event.raw),
     }
 
 

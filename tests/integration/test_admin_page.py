@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from structlog.testing import capture_logs
@@ -388,3 +389,30 @@ async def test_replay_all_failed_from_the_page_replays_every_failed_event(tmp_pa
         [line] = [e for e in logs if e["event"] == "replay_requested"]
         assert line["count"] == 3 and line["filter"]["state"] == "failed"
         assert TOKEN not in repr(logs)
+
+
+async def test_secrets_echoed_by_the_target_show_nowhere_in_the_api_or_the_page(
+    tmp_path: Path,
+) -> None:
+    async with page(tmp_path) as p:
+        target = p.ctx.dispatcher.target
+
+        async def echoed(requests: list[Any]) -> list[Any]:
+            message = f"proxy echoed secret={SECRET}&token={quote(TOKEN + '/x', safe='')}"
+            return [PermanentError(f"E_{SECRET}", message) for _ in requests]
+
+        target.upsert_batch = echoed
+        try:
+            await p.send([event(31, "lead")])
+            await p.settled()
+        finally:
+            del target.upsert_batch
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        listed = await p.http.get(f"{p.base}/admin/events?state=failed", headers=bearer)
+        (failed,) = listed.json()["events"]
+        assert failed["last_error"]["code"] == "E_[redacted]"
+        shown = await p.http.get(f"{p.base}/admin/events/{failed['id']}", headers=bearer)
+        view = await p.get(f"/admin/view/{failed['id']}", **bearer)
+        for text in (listed.text, shown.text, view.text):
+            assert SECRET not in text and quote(TOKEN, safe="") not in text
+            assert "[redacted]" in text

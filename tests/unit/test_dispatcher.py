@@ -370,6 +370,28 @@ async def test_a_permanent_error_fails_after_one_attempt_keeping_the_reason() ->
         assert done.stage == "lead" and done.target_kind is None
 
 
+async def test_secrets_an_upstream_echoes_are_scrubbed_from_stored_errors() -> None:
+    secret = "sf-client/secret+value=1"
+    encoded = "sf-client%2fsecret%2Bvalue%3D1"  # lower- and upper-case escapes
+    target = ScriptedTarget()
+    target.fail_calls(transient(f"proxy_{secret}"))
+    target.fail_record(19, permanent(f"BAD_{encoded}", f"gateway said: {secret} / {encoded}"))
+    async with running(target=target, secrets=["unused-token", secret]) as rig:
+        (eid,) = await rig.send(stage_event(19, "lead"))
+        await rig.final(eid, states=("retrying",))
+        await rig.retry_now(eid)
+        (done,) = await rig.final(eid)
+        history = await rig.store.history(eid)
+    stored = [done.last_error_code, done.last_error_message]
+    stored += [t for h in history for t in (h.error_code, h.error_message)]
+    assert done.state == "failed" and len(history) == 2
+    assert done.last_error_message == "gateway said: [redacted] / [redacted]"
+    assert done.last_error_code == "BAD_[redacted]"
+    assert history[0].error_code == "proxy_[redacted]"
+    for text in stored:
+        assert "secret" not in (text or "").lower(), text
+
+
 async def test_running_out_of_attempts_fails_the_event() -> None:
     target = ScriptedTarget()
     target.fail_calls(*(transient() for _ in range(5)))

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 from receiver.models import OPEN_STATES, STATES, EventFilter
 from receiver.ops.logging import get_logger
-from receiver.ops.presenters import event_json, history_json
+from receiver.ops.presenters import event_json, history_json, shown_raw
 from receiver.ops.status import build_status
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 from receiver.web.admin.api import (
@@ -213,7 +213,9 @@ async def view(request: Request, ctx: AppContext, caller: Caller) -> Response:
     return _render(
         "event.html",
         event=_row(event),
-        raw=orjson.dumps(event.raw, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode(),
+        raw=orjson.dumps(
+            shown_raw(event.raw), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+        ).decode(),
         history=history_json(await ctx.store.history(event.id)),
         open=event.state in OPEN_STATES,
         replayed=_replayed(request),
