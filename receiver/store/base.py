@@ -192,3 +192,15 @@ class EventStore(Protocol):
     async def list_records(self, kind: str | None = None) -> list[TargetRecord]:
         """Dry-run target: what it holds, newest upsert first."""
         ...
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Admin page: remember a login until ``expires_at``; forget expired ones."""
+        ...
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Admin page: whether a login is remembered and has not expired."""
+        ...
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Admin page: forget a login (its logout)."""
+        ...

@@ -60,6 +60,7 @@ class InMemoryStore:
         self.contacts: dict[int, ContactState] = {}
         self.leases: dict[int, tuple[str, float]] = {}
         self.records_held: dict[tuple[str, str], TargetRecord] = {}
+        self.admin_sessions: dict[str, float] = {}
         self.claims = 0
         self.records = 0
         self.synced_at: float | None = None
@@ -323,3 +324,18 @@ class InMemoryStore:
         """Records, newest upsert first."""
         held = [r for r in self.records_held.values() if kind is None or r.kind == kind]
         return sorted(held, key=lambda r: -r.upserted_at)
+
+    # -- admin page sessions -----------------------------------------------------------
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Remember a login; forget the expired ones."""
+        self.admin_sessions = {k: v for k, v in self.admin_sessions.items() if v > now}
+        self.admin_sessions[session_id] = expires_at
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Whether a login is remembered and has not expired."""
+        return self.admin_sessions.get(session_id, now) > now
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Forget a login."""
+        self.admin_sessions.pop(session_id, None)

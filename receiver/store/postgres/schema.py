@@ -159,4 +159,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX records_upserted ON records(upserted_at)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL)",
     ],
+    # The admin page's sessions: a logout deletes its row, so its cookie dies with it.
+    [
+        """
+        CREATE TABLE admin_sessions (
+            id TEXT PRIMARY KEY,
+            expires_at DOUBLE PRECISION NOT NULL
+        )
+        """,
+    ],
 ]

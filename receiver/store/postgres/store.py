@@ -50,6 +50,7 @@ from receiver.store.health import storage_failure
 from receiver.store.postgres import bulk as bulk
 from receiver.store.postgres import dispatch as dispatch
 from receiver.store.postgres import records as records
+from receiver.store.postgres import sessions as sessions
 from receiver.store.postgres import sql as q
 from receiver.store.postgres.dispatch import CONTACT_COLUMNS
 from receiver.store.postgres.listen import NotifyListener
@@ -363,3 +364,17 @@ class PostgresStore:
     async def list_records(self, kind: str | None = None) -> list[TargetRecord]:
         """What the dry-run target holds, newest upsert first."""
         return await records.listing(self.pool, kind)
+
+    # -- admin page sessions -----------------------------------------------------------
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Remember a login until ``expires_at``; forget the expired ones."""
+        await sessions.start(self.pool, session_id, expires_at, now)
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Whether a login is remembered and has not expired."""
+        return await sessions.is_open(self.pool, session_id, now)
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Forget a login."""
+        await sessions.end(self.pool, session_id)

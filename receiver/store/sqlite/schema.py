@@ -144,6 +144,13 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX events_unlisted",
         "CREATE INDEX events_unlisted ON events(id, object_id, listed) WHERE NOT listed",
     ],
+    # The admin page's sessions: a logout deletes its row, so its cookie dies with it.
+    [
+        """CREATE TABLE admin_sessions (
+               id TEXT PRIMARY KEY,
+               expires_at REAL NOT NULL
+           )""",
+    ],
 ]
 
 # Events of one contact (two placeholders for the same id): the listed ones through the

@@ -45,6 +45,7 @@ from receiver.store.rows import (
 )
 from receiver.store.sqlite import bulk as sqlite_bulk
 from receiver.store.sqlite import dispatch as sqlite_dispatch
+from receiver.store.sqlite import sessions as sqlite_sessions
 from receiver.store.sqlite.checkpoint import Checkpointer
 from receiver.store.sqlite.dispatch import OPEN
 from receiver.store.sqlite.ingest import SQLiteIngest
@@ -343,3 +344,18 @@ class SQLiteStore:
         async with self._rc.execute(sql + " ORDER BY upserted_at DESC", params) as cur:
             rows = await cur.fetchall()
         return [TargetRecord(r[0], r[1], r[2], orjson.loads(r[3]), float(r[4])) for r in rows]
+
+    # -- admin page sessions -----------------------------------------------------------
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Remember a login until ``expires_at``; forget the expired ones."""
+        await self._wr.transaction(sqlite_sessions.start, session_id, expires_at, now)
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Whether a login is remembered and has not expired."""
+        async with self._rc.execute(sqlite_sessions.OPEN_SQL, (session_id, now)) as cur:
+            return await cur.fetchone() is not None
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Forget a login."""
+        await self._wr.transaction(sqlite_sessions.end, session_id)

@@ -37,6 +37,8 @@ MAX_BODY = 64 * 1024
 MAX_ID = MAX_INT64
 REPLAYABLE = ("synced", "skipped", "failed")
 FILTER_KEYS = ("state", "object_id", "since", "until")
+# Answers name events and contacts: no cache keeps them, no browser guesses their type.
+ADMIN_JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 class BadParam(ValueError):
@@ -160,6 +162,12 @@ def audit(caller: Caller, what: str, count: int, **details: Any) -> None:
     )
 
 
+def admin_json(response: Response) -> Response:
+    """``response`` with :data:`ADMIN_JSON_HEADERS`."""
+    response.headers.update(ADMIN_JSON_HEADERS)
+    return response
+
+
 def ctx_of(request: Request) -> AppContext:
     """The app context of a request."""
     ctx: AppContext = request.app.state.ctx
@@ -175,6 +183,9 @@ def _api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Bearer-only authentication (no cookie, so no CSRF surface) and 400s for bad input."""
 
     async def endpoint(request: Request) -> Response:
+        return admin_json(await answer(request))
+
+    async def answer(request: Request) -> Response:
         ctx = ctx_of(request)
         caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=False)
         if isinstance(caller, Response):

@@ -27,6 +27,7 @@ from receiver.ops.status import build_status
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 from receiver.web.admin.api import (
     BadParam,
+    admin_json,
     audit,
     ctx_of,
     filter_json,
@@ -109,7 +110,36 @@ def _refuse(request: Request, status: int, code: str, message: str) -> Response:
         return _render("login.html", 401, message=None)
     if _wants_html(request):
         return _render("message.html", status, title="stagesync", message=message)
-    return error(status, code, message)
+    return admin_json(error(status, code, message))
+
+
+async def _signed_in(request: Request, ctx: AppContext) -> Caller | Response:
+    """The caller, with a cookie's session checked against the database; or the refusal."""
+    caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
+    if isinstance(caller, Response):
+        code = "admin_disabled" if caller.status_code == 403 else "unauthorized"
+        message = NO_TOKEN_MESSAGE if code == "admin_disabled" else "Log in first."
+        return _refuse(request, caller.status_code, code, message)
+    if caller.session is not None and not await ctx.store.admin_session_open(
+        caller.session, ctx.clock()
+    ):
+        return _refuse(request, 401, "unauthorized", "Log in first.")  # logged out
+    return caller
+
+
+async def _guarded(request: Request, answer: Awaitable[Response]) -> Response:
+    """``answer``, or the refusal for a form that is too large or a database that failed."""
+    try:
+        return await answer
+    except FormRefused as exc:
+        return _refuse_form(request, exc)
+    except BadParam as exc:
+        return _refuse(request, 400, "bad_request", exc.sentence())
+    except Exception as exc:
+        if not storage_failure(exc):
+            raise  # a bug: the app's handler answers the JSON 500
+        log.exception("admin_storage_failed", path=request.url.path)
+        return _refuse(request, 503, "storage_unavailable", STORAGE_UNAVAILABLE)
 
 
 PageHandler = Callable[[Request, AppContext, Caller], Awaitable[Response]]
@@ -119,27 +149,17 @@ def _page(handler: PageHandler, *, post: bool = False) -> Callable[[Request], Aw
     """Bearer or cookie authentication, plus the same-origin check on cookie posts."""
 
     async def endpoint(request: Request) -> Response:
-        ctx = ctx_of(request)
-        caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
+        return await _guarded(request, run(request, ctx_of(request)))
+
+    async def run(request: Request, ctx: AppContext) -> Response:
+        caller = await _signed_in(request, ctx)
         if isinstance(caller, Response):
-            code = "admin_disabled" if caller.status_code == 403 else "unauthorized"
-            message = NO_TOKEN_MESSAGE if code == "admin_disabled" else "Log in first."
-            return _refuse(request, caller.status_code, code, message)
+            return caller
         if post and caller.via == "cookie" and not same_origin(request):
             return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
-        try:
-            if post:
-                await read_body(request)  # these forms carry no field; the cap still holds
-            return await handler(request, ctx, caller)
-        except FormRefused as exc:
-            return _refuse_form(request, exc)
-        except BadParam as exc:
-            return _refuse(request, 400, "bad_request", exc.sentence())
-        except Exception as exc:
-            if not storage_failure(exc):
-                raise  # a bug: the app's handler answers the JSON 500
-            log.exception("admin_storage_failed", path=request.url.path)
-            return _refuse(request, 503, "storage_unavailable", STORAGE_UNAVAILABLE)
+        if post:
+            await read_body(request)  # these forms carry no field; the cap still holds
+        return await handler(request, ctx, caller)
 
     endpoint.__name__ = handler.__name__
     return endpoint
@@ -247,35 +267,39 @@ async def replay_failed(request: Request, ctx: AppContext, caller: Caller) -> Re
 
 async def login_form(request: Request) -> Response:
     """``GET /admin/login``: the form (the index shows it too when not logged in)."""
-    ctx = ctx_of(request)
+    return await _guarded(request, _login_form(request, ctx_of(request)))
+
+
+async def _login_form(request: Request, ctx: AppContext) -> Response:
     if admin_token(ctx.settings) is None:
         return _refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
-    caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
-    if isinstance(caller, Caller):
+    if isinstance(await _signed_in(request, ctx), Caller):
         return RedirectResponse("/admin/", status_code=303)
     return _render("login.html", message=None)
 
 
 async def login(request: Request) -> Response:
     """``POST /admin/login``: check the token, set the session cookie, go to the page."""
-    ctx = ctx_of(request)
+    return await _guarded(request, _login(request, ctx_of(request)))
+
+
+async def _login(request: Request, ctx: AppContext) -> Response:
     token = admin_token(ctx.settings)
     if token is None:
         return _refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
     if not same_origin(request):
         return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
-    try:
-        form = await read_form(request)
-    except FormRefused as exc:
-        return _refuse_form(request, exc)
-    given = form.get("token")
+    given = (await read_form(request)).get("token")
     if given is None or not token_matches(given.strip(), token):
         log.warning("admin_login_failed")
         return _render("login.html", 401, message="That is not the admin token.")
+    now = ctx.clock()
+    session = issue_session(token, now)
+    await ctx.store.start_admin_session(session.key, session.expires_at, now)
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         COOKIE_NAME,
-        issue_session(token, ctx.clock()),
+        session.cookie,
         max_age=SESSION_S,
         path="/admin",
         secure=request.url.scheme == "https",
@@ -286,14 +310,21 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """``POST /admin/logout``: drop the session cookie; from this page only."""
+    """``POST /admin/logout``: end the session in the database, drop the cookie; from
+    this page only."""
+    return await _guarded(request, _logout(request, ctx_of(request)))
+
+
+async def _logout(request: Request, ctx: AppContext) -> Response:
     if not same_origin(request):
         # Another site must not be able to log a user out, any more than in.
         return _refuse(request, 403, "cross_origin", "This form must be sent from this page.")
-    try:
-        await read_body(request)
-    except FormRefused as exc:
-        return _refuse_form(request, exc)
+    await read_body(request)
+    caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
+    if isinstance(caller, Caller) and caller.session is not None:
+        # The cookie dies here, not only in this browser: a copy of it is refused too.
+        await ctx.store.end_admin_session(caller.session)
+        log.info("admin_logged_out", token_fingerprint=caller.fingerprint)
     response = RedirectResponse("/admin/", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="strict")
     return response
