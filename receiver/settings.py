@@ -7,6 +7,7 @@ print them all and stop without a traceback.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -91,6 +92,8 @@ class Settings(BaseSettings):
     ready_max_pending_age_s: float = Field(0.0, ge=0, description="0 disables the check")
     dispatch_concurrency: int = Field(4, ge=1, description="target calls in flight")
     lease_s: float = Field(60.0, gt=0)
+    host: str = Field("127.0.0.1", min_length=1, description="address serve listens on")
+    port: int = Field(8000, ge=1, le=65535, description="port serve listens on")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -327,6 +330,25 @@ def _cross_checks(settings: Settings) -> list[str]:
             " use 'create-contact'"
         )
     return problems
+
+
+# STAGESYNC_* variables that are not settings but are read on their own.
+OTHER_VARIABLES = ("CONFIG", "TEST_POSTGRES_DSN")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``STAGESYNC_*`` variable that names no setting, with the
+    closest real name: a misspelt variable would otherwise be ignored without a word."""
+    known = [name.upper() for name in Settings.model_fields] + list(OTHER_VARIABLES)
+    warnings = []
+    for key in sorted(environ):
+        name = key.removeprefix(ENV_PREFIX)
+        if not key.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"{key} is not a stagesync setting and is ignored{hint}")
+    return warnings
 
 
 def load_settings(

@@ -35,6 +35,8 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "subscription_type": event.subscription_type,
         "stage": event.stage,
         "attempts": event.attempts,
+        # ``attempts`` counts across replays; MAX_ATTEMPTS applies to this figure.
+        "attempts_since_replay": event.attempts - event.attempt_floor,
         "last_error": last_error,
         "received_at": iso(event.received_at),
         "updated_at": iso(event.updated_at),
