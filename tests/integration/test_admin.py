@@ -25,8 +25,9 @@ from tests.support.webhooks import event, signed
 TOKEN = "admin-token-for-tests-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EVENT_KEYS = {
-    "id", "state", "reason", "object_id", "subscription_type", "stage", "attempts",
-    "attempts_since_replay", "last_error", "received_at", "updated_at", "target_kind", "target_id", "raw",
+    "id", "state", "reason", "object_id", "subscription_type", "stage",
+    "attempts", "attempts_since_replay", "last_error", "received_at", "updated_at",
+    "target_kind", "target_id", "raw",
 }  # fmt: skip
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 WAIT_S = 5.0

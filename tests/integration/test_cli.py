@@ -27,8 +27,9 @@ from tests.support.process import ServiceProcess, run_cli
 
 LEAD, CONTACT = 777, 778
 EVENT_KEYS = {
-    "id", "state", "reason", "object_id", "subscription_type", "stage", "attempts",
-    "attempts_since_replay", "last_error", "received_at", "updated_at", "target_kind", "target_id", "raw",
+    "id", "state", "reason", "object_id", "subscription_type", "stage",
+    "attempts", "attempts_since_replay", "last_error", "received_at", "updated_at",
+    "target_kind", "target_id", "raw",
 }  # fmt: skip
 RECORD_KEYS = {"hubspot_id", "kind", "target_id", "fields", "upserted_at"}
 DEMO_ENV = {"STAGESYNC_HUBSPOT_CLIENT_SECRET": DEMO_SECRET}
