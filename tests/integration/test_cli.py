@@ -322,8 +322,8 @@ def test_corrupt_database_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_serve_freezes_start_up_objects_and_raises_the_first_gc_threshold() -> None:
     # In a process of its own: the test run's collector must stay as it is.
     probe = (
-        "import gc; from receiver.cli.main import GC_GEN0_THRESHOLD, _tune_gc; "
-        "before = gc.get_freeze_count(); _tune_gc(); "
+        "import gc; from receiver.cli.serve import GC_GEN0_THRESHOLD, tune_gc; "
+        "before = gc.get_freeze_count(); tune_gc(); "
         "print(gc.get_threshold()[0] == GC_GEN0_THRESHOLD > 700, gc.get_freeze_count() > before)"
     )
     done = subprocess.run(

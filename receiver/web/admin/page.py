@@ -1,8 +1,11 @@
 """The event-log page under ``/admin/``: server-rendered Jinja2, plain HTML and CSS, no JS.
 
 Access takes the admin token as a bearer header, or through the login form, which sets
-an HttpOnly, ``SameSite=Strict`` cookie holding a signed expiry (never the token). Form
-posts made with the cookie must also come from this origin (``Origin``/``Referer``).
+an HttpOnly, ``SameSite=Strict`` cookie holding a signed expiry and session id (never the
+token); the database remembers the session until its logout (see
+:mod:`receiver.web.auth`). Form posts made with the cookie must also come from this
+origin, scheme included (``Origin``/``Referer``), and their bodies are read with a limit
+(:mod:`receiver.web.admin.forms`).
 Pages showing an open event refresh themselves with a ``<meta>`` tag until it closes.
 """
 
