@@ -8,7 +8,11 @@ from typing import Any, Literal
 Kind = Literal["lead", "contact"]
 
 STATES = ("pending", "retrying", "synced", "skipped", "failed", "invalid")
+# Queued for the dispatcher: claimed when due.
 OPEN_STATES = ("pending", "retrying")
+# What a replay may send back to pending: closed events. An open one is queued already,
+# and an invalid one has nothing a dispatch could process.
+REPLAYABLE_STATES = ("synced", "skipped", "failed")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from receiver.models import (
     OPEN_STATES,
+    REPLAYABLE_STATES,
     ClaimedContact,
     ContactState,
     ContactUpdate,
@@ -42,8 +43,8 @@ def split_replayable(
 ) -> tuple[list[ReplayRefusal], list[int]]:
     """Which events a replay may send back to pending, and why the others may not.
 
-    ``states`` maps the ids that exist to their state. Open events are already queued,
-    and an invalid event has nothing to process.
+    ``states`` maps the ids that exist to their state. Only ``REPLAYABLE_STATES`` may
+    be: open events are already queued, and an invalid event has nothing to process.
     """
     refusals = []
     ok = []
@@ -51,12 +52,12 @@ def split_replayable(
         state = states.get(event_id)
         if state is None:
             refusals.append(ReplayRefusal(event_id, "no such event"))
+        elif state in REPLAYABLE_STATES:
+            ok.append(event_id)
         elif state in OPEN_STATES:
             refusals.append(ReplayRefusal(event_id, f"the event is {state}: already queued"))
-        elif state == "invalid":
-            refusals.append(ReplayRefusal(event_id, "an invalid event cannot be processed"))
         else:
-            ok.append(event_id)
+            refusals.append(ReplayRefusal(event_id, "an invalid event cannot be processed"))
     return refusals, ok
 
 

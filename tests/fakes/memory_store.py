@@ -3,6 +3,11 @@
 :class:`InMemoryStore` has the semantics the dispatcher relies on: due events,
 per-contact leases that only ``record`` (or time) releases, outcomes that count attempts
 and write history, and contact sync state. Import it from :mod:`tests.fakes.doubles`.
+
+It runs in the store suite (``tests/integration/test_store.py``) as a third backend, so it
+answers as the real stores do, and shares their rules: which events a replay refuses and
+why (``split_replayable``), the chunked loops of replay and purge, NUL characters made
+U+FFFD in recorded texts (``storable``). It keeps nothing across a close.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import orjson
 
 from receiver.models import (
     OPEN_STATES,
+    REPLAYABLE_STATES,
     ClaimedContact,
     ContactState,
     ContactUpdate,
@@ -26,8 +32,9 @@ from receiver.models import (
     StoredEvent,
     TargetRecord,
 )
-from receiver.store.base import IngestResult, ReplayRefusal
-from receiver.store.rows import history_outcome
+from receiver.store.base import IngestResult, ReplayRefusal, split_replayable
+from receiver.store.replay import purge_in_chunks, replay_in_chunks
+from receiver.store.rows import history_outcome, storable
 
 
 @dataclass
@@ -166,6 +173,7 @@ class InMemoryStore:
     ) -> None:
         """Apply outcomes and contact state, then release ``owner``'s leases."""
         self.records += 1
+        outcomes, contacts = storable(outcomes, contacts)
         for o in outcomes:
             row = self.rows[o.event_id]
             e = row.event
@@ -254,20 +262,25 @@ class InMemoryStore:
         return events[:limit]
 
     async def replay(self, event_ids: Sequence[int], now: float) -> list[ReplayRefusal]:
-        """Send closed, valid events back to pending."""
-        refusals = []
-        for event_id in event_ids:
-            row = self.rows.get(event_id)
-            if row is None or row.event.state in (*OPEN_STATES, "invalid"):
-                refusals.append(ReplayRefusal(event_id, "not replayable"))
-                continue
-            e = row.event
-            row.event = replace(
-                e, state="pending", reason=None, attempt_floor=e.attempts, updated_at=now
-            )
-            row.next_attempt_at = 0.0
-        self._notify()
+        """Send closed, valid events back to pending; refuse open, invalid or unknown ones."""
+        states = {i: self.rows[i].event.state for i in event_ids if i in self.rows}
+        refusals, ok = split_replayable(event_ids, states)
+        for event_id in ok:
+            self._replay_one(event_id, now)
+        if ok:
+            self._notify()
         return refusals
+
+    def _replay_one(self, event_id: int, now: float) -> bool:
+        row = self.rows[event_id]
+        e = row.event
+        if e.state not in REPLAYABLE_STATES:
+            return False
+        row.event = replace(
+            e, state="pending", reason=None, attempt_floor=e.attempts, updated_at=now
+        )
+        row.next_attempt_at = 0.0
+        return True
 
     async def replay_matching(
         self,
@@ -276,21 +289,38 @@ class InMemoryStore:
         chunk: int = 1000,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Replay every closed event matching ``flt``."""
-        ids = [e.id for e in await self.list_events(flt, len(self.rows) + 1)]
-        refused = await self.replay(ids, now)
-        return len(ids) - len(refused)
+        """Replay every closed, valid event matching ``flt``, ``chunk`` events at a time."""
+
+        async def replay_chunk(below_id: int | None) -> tuple[int, int | None]:
+            picked = [
+                e.id
+                for e in await self.list_events(flt, len(self.rows) + 1, below_id)
+                if e.state in REPLAYABLE_STATES
+            ][:chunk]
+            if not picked:
+                return 0, None
+            return sum(self._replay_one(i, now) for i in picked), picked[-1]
+
+        return await replay_in_chunks(replay_chunk, self._notify, progress)
 
     async def count_matching(self, flt: EventFilter) -> int:
         """How many events match."""
         return len(await self.list_events(flt, len(self.rows) + 1))
 
     async def purge(self, flt: EventFilter, chunk: int = 1000) -> int:
-        """Delete matching events."""
-        ids = [e.id for e in await self.list_events(flt, len(self.rows) + 1)]
-        for event_id in ids:
-            del self.rows[event_id]
-        return len(ids)
+        """Delete matching events and their history, ``chunk`` events at a time."""
+
+        async def purge_chunk() -> int | None:
+            matching = await self.list_events(flt, len(self.rows) + 1)
+            picked = sorted(e.id for e in matching)[:chunk]
+            if not picked:
+                return None
+            for event_id in picked:
+                del self.rows[event_id]
+                self.history_rows.pop(event_id, None)
+            return len(picked)
+
+        return await purge_in_chunks(purge_chunk)
 
     async def get_contact(self, object_id: int) -> ContactState | None:
         """The sync state of one contact."""

@@ -1,4 +1,6 @@
-"""Store fixtures over both backends: SQLite in a temporary file, PostgreSQL in a fresh schema.
+"""Store fixtures over every backend: SQLite in a temporary file, PostgreSQL in a fresh
+schema, and the in-memory store of the unit tests (``tests/fakes/memory_store.py``), which
+must behave as the real ones do.
 
 The PostgreSQL parameter uses ``STAGESYNC_TEST_POSTGRES_DSN``, or when that is unset, a
 throwaway cluster the session starts itself when the PostgreSQL server programs are
@@ -23,6 +25,7 @@ import pytest
 from receiver.store.base import EventStore
 from receiver.store.factory import make_store
 from receiver.store.postgres.store import PostgresStore
+from tests.fakes.memory_store import InMemoryStore
 from tests.support.postgres_cluster import session_cluster
 
 DSN_ENV = "STAGESYNC_TEST_POSTGRES_DSN"
@@ -74,15 +77,28 @@ class Backend:
     url: str  # a STAGESYNC_DATABASE_URL
 
     def new(self) -> EventStore:
-        """A new, not yet opened, store on this backend's database."""
+        """A new, not yet opened, store on this backend's database.
+
+        For ``memory`` a new, empty store: it keeps nothing beyond the object.
+        """
+        if self.name == "memory":
+            return InMemoryStore()
         return make_store(self.url)
 
+    def skip_if_memory(self, why: str) -> None:
+        """Skip the test on the in-memory store, saying ``why`` it cannot apply."""
+        if self.name == "memory":
+            pytest.skip(f"in-memory store: {why}")
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Each backend in turn: the test id shows ``[sqlite]`` or ``[postgres]``."""
+    """Each backend in turn: the test id shows ``[sqlite]``, ``[postgres]`` or ``[memory]``."""
     if request.param == "sqlite":
         yield Backend("sqlite", f"sqlite:///{tmp_path / 'store.db'}")
+        return
+    if request.param == "memory":
+        yield Backend("memory", "")
         return
     async with fresh_schema(postgres_dsn()) as dsn:
         yield Backend("postgres", dsn)

@@ -15,9 +15,10 @@ import pytest
 from receiver.errors import ConfigError, StoreError
 from receiver.hubspot.payload import to_new_events
 from receiver.models import EventFilter
+from receiver.store.base import IngestResult
+from receiver.store.group_commit import GroupTally
 from receiver.store.sqlite import dispatch as sqlite_dispatch
 from receiver.store.sqlite import ingest as sqlite_ingest
-from receiver.store.base import IngestResult
 from receiver.store.sqlite.dispatch import _DUE_CONTACTS, contact_events_sql
 from receiver.store.sqlite.ingest import GroupRows, group_rows, insert_group
 from receiver.store.sqlite.schema import CONTACT_MATCH, MIGRATIONS, migrate
@@ -195,13 +196,11 @@ def test_a_row_breaking_not_null_fails_the_ingest_statement_instead_of_being_ski
     raw = b'{"eventId": 1}'
     # state NULL: OR IGNORE would skip the row and the event would count as a duplicate.
     batch = GroupRows(
+        GroupTally(firsts=[[b"k" * 24]], valid=[1], invalid=[0]),
         rows=[(None, 1, "contact.creation", 1, None, 1, len(raw), None, None, 1, 1)],
         keys=[b"k" * 24],
         raws=[raw],
         nows=[1.0],
-        firsts=[[b"k" * 24]],
-        valid=[1],
-        invalid=[0],
     )
     try:
         with pytest.raises(sqlite3.IntegrityError):

@@ -1,4 +1,5 @@
-"""The event store's behaviour, run against SQLite and PostgreSQL (see ``conftest.py``).
+"""The event store's behaviour, run against SQLite, PostgreSQL and the in-memory store of
+the unit tests (see ``conftest.py``).
 
 A few PostgreSQL-only behaviours (the listener's reconnect, schema versions, folding the
 counts) are at the end; several instances on one database are in ``test_two_instances``.
@@ -109,6 +110,7 @@ async def test_concurrent_ingests_are_each_answered_with_their_own_counts(
 
 
 async def test_events_and_deduplication_survive_close_and_reopen(backend: Backend) -> None:
+    backend.skip_if_memory("it keeps nothing across a close, there is no database to reopen")
     a, b = event(1, "lead"), event(2, "opportunity")
     first = backend.new()
     await first.open()

@@ -7,19 +7,15 @@ that makes events ``pending`` fires the NOTIFY trigger, so every instance wakes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from receiver.models import EventFilter
 from receiver.store.base import ReplayRefusal, split_replayable
-from receiver.store.rows import DollarParams, filter_sql
+from receiver.store.rows import DollarParams
+from receiver.store.sql import REPLAYABLE_SQL, newest_sql, purge_pick_sql, replay_set
 
-CLOSED_VALID = "state NOT IN ('pending', 'retrying', 'invalid')"
-# ``attempt_floor`` keeps the attempts made before the replay out of the new budget.
-REPLAY_SET = (
-    "state = 'pending', reason = NULL, next_attempt_at = 0, attempt_floor = attempts,"
-    " updated_at = $1"
-)
+REPLAY_SET = replay_set("$1")
 
 
 async def replay(
@@ -33,63 +29,47 @@ async def replay(
     refusals, ok = split_replayable(event_ids, states)
     if ok:
         await pool.execute(
-            f"UPDATE events SET {REPLAY_SET} WHERE id = ANY($2::bigint[]) AND {CLOSED_VALID}",
+            f"UPDATE events SET {REPLAY_SET} WHERE id = ANY($2::bigint[]) AND {REPLAYABLE_SQL}",
             now,
             sorted(set(ok)),
         )
     return refusals, bool(ok)
 
 
-async def replay_matching(
-    pool: Any, flt: EventFilter, now: float, chunk: int, step: Callable[[int], None]
-) -> int:
-    """Replay closed, valid events matching ``flt``, newest first; ``step(total)`` per chunk."""
-    total = 0
-    last_id: int | None = None
-    while True:
-        params = DollarParams(start=1)  # $1 is ``now`` in REPLAY_SET
-        where = filter_sql(flt, params) + f" AND {CLOSED_VALID}"
-        if last_id is not None:
-            where += f" AND id < {params(last_id)}"
-        row = await pool.fetchrow(
-            f"""
-            WITH pick AS MATERIALIZED (
-                SELECT id FROM events WHERE {where} ORDER BY id DESC LIMIT {params(chunk)}
-            ), done AS (
-                UPDATE events SET {REPLAY_SET}
-                WHERE id IN (SELECT id FROM pick) AND {CLOSED_VALID} RETURNING 1
-            )
-            SELECT (SELECT min(id) FROM pick), (SELECT count(*) FROM done)
-            """,
-            now,
-            *params.values,
+async def replay_chunk(
+    pool: Any, flt: EventFilter, now: float, chunk: int, below_id: int | None
+) -> tuple[int, int | None]:
+    """Replay up to ``chunk`` closed, valid events matching ``flt`` below ``below_id``,
+    newest first, in one statement; how many, and the lowest id seen (None: none left)."""
+    params = DollarParams(start=1)  # $1 is ``now`` in REPLAY_SET
+    pick = newest_sql(flt, params, chunk, below_id, columns="id", also=REPLAYABLE_SQL)
+    row = await pool.fetchrow(
+        f"""
+        WITH pick AS MATERIALIZED ({pick}), done AS (
+            UPDATE events SET {REPLAY_SET}
+            WHERE id IN (SELECT id FROM pick) AND {REPLAYABLE_SQL} RETURNING 1
         )
-        if row[0] is None:
-            return total
-        last_id = int(row[0])
-        total += int(row[1])
-        step(total)
+        SELECT (SELECT min(id) FROM pick), (SELECT count(*) FROM done)
+        """,
+        now,
+        *params.values,
+    )
+    return (0, None) if row[0] is None else (int(row[1]), int(row[0]))
 
 
-async def purge(pool: Any, flt: EventFilter, chunk: int) -> int:
-    """Delete matching events and their history, oldest first; the count."""
-    total = 0
-    while True:
-        params = DollarParams()
-        where = filter_sql(flt, params)
-        row = await pool.fetchrow(
-            f"""
-            WITH victims AS MATERIALIZED (
-                SELECT id FROM events WHERE {where} ORDER BY id LIMIT {params(chunk)}
-            ), history AS (
-                DELETE FROM event_history WHERE event_id IN (SELECT id FROM victims)
-            ), gone AS (
-                DELETE FROM events WHERE id IN (SELECT id FROM victims) RETURNING 1
-            )
-            SELECT (SELECT count(*) FROM victims), (SELECT count(*) FROM gone)
-            """,
-            *params.values,
+async def purge_chunk(pool: Any, flt: EventFilter, chunk: int) -> int | None:
+    """Delete up to ``chunk`` matching events and their history, oldest first, in one
+    statement; how many, None when none was left."""
+    params = DollarParams()
+    row = await pool.fetchrow(
+        f"""
+        WITH victims AS MATERIALIZED ({purge_pick_sql(flt, params, chunk)}), history AS (
+            DELETE FROM event_history WHERE event_id IN (SELECT id FROM victims)
+        ), gone AS (
+            DELETE FROM events WHERE id IN (SELECT id FROM victims) RETURNING 1
         )
-        if int(row[0]) == 0:
-            return total
-        total += int(row[1])
+        SELECT (SELECT count(*) FROM victims), (SELECT count(*) FROM gone)
+        """,
+        *params.values,
+    )
+    return None if int(row[0]) == 0 else int(row[1])

@@ -19,14 +19,11 @@ from typing import Any
 
 from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
 from receiver.store.postgres import sql as q
-from receiver.store.postgres.schema import OPEN_SQL
 from receiver.store.rows import EVENT_COLUMNS, claimed_contacts, history_rows
+from receiver.store.sql import CLAIM_SCAN_PER_CONTACT, CONTACT_COLUMNS, OPEN_SQL
 
-# How many open events a claim looks at per contact it may take (as the SQLite store).
-CLAIM_SCAN_PER_CONTACT = 5
 BOOKKEEPING = "SET LOCAL synchronous_commit = off"
 CLAIM_TRIES = 3
-CONTACT_COLUMNS = "object_id, kind, target_id, stage, last_occurred_at"
 
 
 async def claim(

@@ -19,10 +19,10 @@ connection's instance token as payload, so a store can ignore its own notificati
 
 from __future__ import annotations
 
+from receiver.store.sql import OPEN_SQL
+
 SCHEMA_TABLE = "stagesync_schema"
 
-# Events waiting for a dispatch; the partial indexes cover only these.
-OPEN_SQL = "state IN ('pending', 'retrying')"
 
 _NOTIFY = """
     IF EXISTS (SELECT 1 FROM new_rows WHERE state = 'pending') THEN

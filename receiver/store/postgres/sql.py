@@ -8,11 +8,10 @@ statement-level count triggers (``executemany`` would fire them once per row).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from receiver.models import ContactUpdate, NewEvent, Outcome
-from receiver.store.postgres.schema import OPEN_SQL
+from receiver.store.sql import OPEN_SQL
 
 MIGRATE_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended('stagesync:migrate:' || current_schema(), 0))"
@@ -47,6 +46,9 @@ ON CONFLICT (dedup_key) DO NOTHING
 RETURNING dedup_key
 """
 
+# The SQLite store asks the same (sqlite/dispatch.py, _DUE_CONTACTS), written apart on
+# purpose: there one writer holds the lock, so the leases it reads cannot change under it;
+# here candidates are only candidates, re-checked under FOR UPDATE in CLAIM_TAKE.
 CLAIM_CANDIDATES = f"""
 SELECT object_id FROM (
     SELECT id, object_id FROM events e
@@ -130,34 +132,15 @@ SELECT state, reason, sum(n) FROM gone GROUP BY state, reason HAVING sum(n) <> 0
 """
 
 
-@dataclass
-class IngestArrays:
-    """Column arrays for :data:`INGEST`, and which rows count as accepted for which request."""
-
-    columns: list[list[Any]] = field(default_factory=lambda: [[] for _ in range(10)])
-    # Per request: the dedup keys it was first to bring, its valid and invalid counts.
-    firsts: list[list[bytes]] = field(default_factory=list)
-    valid: list[int] = field(default_factory=list)
-    invalid: list[int] = field(default_factory=list)
-
-
-def ingest_arrays(requests: Sequence[tuple[Sequence[NewEvent], float]]) -> IngestArrays:
-    """Arrays for one group commit; each dedup key is sent once, from its first request."""
-    out = IngestArrays()
-    seen: set[bytes] = set()
-    for events, now in requests:
-        firsts: list[bytes] = []
-        valid = invalid = 0
+def ingest_columns(
+    requests: Sequence[tuple[Sequence[NewEvent], float]], news: Sequence[Sequence[NewEvent]]
+) -> list[list[Any]]:
+    """Column arrays for :data:`INGEST`: each request's new events (``news``, see
+    :func:`~receiver.store.group_commit.first_copies`), each dedup key once."""
+    out: list[list[Any]] = [[] for _ in range(10)]
+    for (_, now), events in zip(requests, news, strict=True):
         for ev in events:
             if ev.invalid_error is None:
-                valid += 1
-            else:
-                invalid += 1
-            if ev.dedup_key in seen:
-                continue
-            seen.add(ev.dedup_key)
-            if ev.invalid_error is None:
-                firsts.append(ev.dedup_key)
                 row: tuple[Any, ...] = (
                     ev.dedup_key, "pending", ev.object_id, ev.subscription_type,
                     ev.occurred_at, ev.stage, now, ev.raw, None, None,
@@ -165,11 +148,8 @@ def ingest_arrays(requests: Sequence[tuple[Sequence[NewEvent], float]]) -> Inges
             else:
                 row = (ev.dedup_key, "invalid", None, None, None, None, now, ev.raw,
                        "invalid_event", ev.invalid_error)  # fmt: skip
-            for column, value in zip(out.columns, row, strict=True):
+            for column, value in zip(out, row, strict=True):
                 column.append(value)
-        out.firsts.append(firsts)
-        out.valid.append(valid)
-        out.invalid.append(invalid)
     return out
 
 

@@ -25,6 +25,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,18 +45,19 @@ from receiver.models import (
 )
 from receiver.ops.logging import get_logger
 from receiver.ops.tasks import cancel_and_wait
+from receiver.store import sql as shared
 from receiver.store.base import IngestResult, ReplayRefusal
-from receiver.store.group_commit import GroupCommitter, IngestRequest
+from receiver.store.group_commit import GroupCommitter, IngestRequest, first_copies
 from receiver.store.health import storage_failure
 from receiver.store.postgres import bulk as bulk
 from receiver.store.postgres import dispatch as dispatch
 from receiver.store.postgres import records as records
 from receiver.store.postgres import sessions as sessions
 from receiver.store.postgres import sql as q
-from receiver.store.postgres.dispatch import CONTACT_COLUMNS
 from receiver.store.postgres.listen import NotifyListener
-from receiver.store.postgres.schema import MIGRATIONS, OPEN_SQL, SCHEMA_TABLE
-from receiver.store.rows import EVENT_COLUMNS, DollarParams, event_from_row, filter_sql, storable
+from receiver.store.postgres.schema import MIGRATIONS, SCHEMA_TABLE
+from receiver.store.replay import purge_in_chunks, replay_in_chunks
+from receiver.store.rows import DollarParams, event_from_row, storable
 
 log = get_logger("receiver.store.postgres.store")
 
@@ -208,16 +210,14 @@ class PostgresStore:
         return await self._writer.submit(events, now)
 
     async def _commit_group(self, group: list[IngestRequest]) -> list[IngestResult]:
-        arrays = q.ingest_arrays([(r.events, r.now) for r in group])
+        requests = [(r.events, r.now) for r in group]
+        news, tally = first_copies(requests)
+        columns = q.ingest_columns(requests, news)
         inserted: set[bytes] = set()
-        if arrays.columns[0]:
-            rows = await self.pool.fetch(q.INGEST, *arrays.columns)
+        if columns[0]:
+            rows = await self.pool.fetch(q.INGEST, *columns)
             inserted = {bytes(r[0]) for r in rows}
-        results = []
-        for firsts, valid, invalid in zip(arrays.firsts, arrays.valid, arrays.invalid, strict=True):
-            accepted = sum(1 for key in firsts if key in inserted)
-            results.append(IngestResult(accepted, valid - accepted, invalid))
-        return results
+        return tally.results(inserted)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -241,9 +241,7 @@ class PostgresStore:
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
-        value = await self.pool.fetchval(
-            f"SELECT min(next_attempt_at) FROM events WHERE {OPEN_SQL}"
-        )
+        value = await self.pool.fetchval(shared.NEXT_DUE)
         return float(value) if value is not None else None
 
     # -- reading ---------------------------------------------------------------------
@@ -258,34 +256,25 @@ class PostgresStore:
     async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
         """``received_at`` of the oldest open event (through the partial index)."""
         if due_at is None:
-            value = await self.pool.fetchval(
-                f"SELECT received_at FROM events WHERE {OPEN_SQL} ORDER BY id LIMIT 1"
-            )
+            value = await self.pool.fetchval(shared.oldest_open_sql(None))
         else:
-            value = await self.pool.fetchval(
-                f"SELECT received_at FROM events WHERE {OPEN_SQL} AND next_attempt_at <= $1"
-                " ORDER BY id LIMIT 1",
-                due_at,
-            )
+            value = await self.pool.fetchval(shared.oldest_open_sql("$1"), due_at)
         return float(value) if value is not None else None
 
     async def last_synced_at(self) -> float | None:
         """When an event last ended ``synced``."""
-        value = await self.pool.fetchval("SELECT value FROM meta WHERE key = 'last_synced_at'")
+        value = await self.pool.fetchval(shared.LAST_SYNCED)
         return float(value) if value is not None else None
 
     async def get_event(self, event_id: int) -> StoredEvent | None:
         """One event, or None."""
-        row = await self.pool.fetchrow(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE id = $1", event_id
-        )
+        row = await self.pool.fetchrow(shared.event_sql("$1"), event_id)
         return event_from_row(row) if row is not None else None
 
     async def history(self, event_id: int) -> list[HistoryEntry]:
         """The attempts of one event, oldest first."""
         rows = await self.pool.fetch(
-            "SELECT at, outcome, error_code, error_message FROM event_history"
-            " WHERE event_id = $1 ORDER BY seq",
+            f"SELECT {shared.HISTORY_COLUMNS} FROM event_history WHERE event_id = $1 ORDER BY seq",
             event_id,
         )
         return [HistoryEntry(*row) for row in rows]
@@ -295,26 +284,18 @@ class PostgresStore:
     ) -> list[StoredEvent]:
         """Matching events, newest first, below ``before_id``."""
         params = DollarParams()
-        where = filter_sql(flt, params)
-        if before_id is not None:
-            where += f" AND id < {params(before_id)}"
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id DESC"
-        sql += f" LIMIT {params(limit)}"
+        sql = shared.newest_sql(flt, params, limit, before_id)
         return [event_from_row(row) for row in await self.pool.fetch(sql, *params.values)]
 
     async def count_matching(self, flt: EventFilter) -> int:
         """How many events match."""
         params = DollarParams()
-        where = filter_sql(flt, params)
-        return int(
-            await self.pool.fetchval(f"SELECT count(*) FROM events WHERE {where}", *params.values)
-        )
+        sql = shared.count_matching_sql(flt, params)
+        return int(await self.pool.fetchval(sql, *params.values))
 
     async def get_contact(self, object_id: int) -> ContactState | None:
         """The sync state of one contact."""
-        row = await self.pool.fetchrow(
-            f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE object_id = $1", object_id
-        )
+        row = await self.pool.fetchrow(shared.contact_sql("$1"), object_id)
         return ContactState(*row) if row is not None else None
 
     # -- replay and purge ------------------------------------------------------------
@@ -334,17 +315,13 @@ class PostgresStore:
         progress: Callable[[int], None] | None = None,
     ) -> int:
         """Replay every closed, valid event matching ``flt``, ``chunk`` rows a transaction."""
-
-        def step(total: int) -> None:
-            self._notify()
-            if progress is not None:
-                progress(total)
-
-        return await bulk.replay_matching(self.pool, flt, now, chunk, step)
+        return await replay_in_chunks(
+            partial(bulk.replay_chunk, self.pool, flt, now, chunk), self._notify, progress
+        )
 
     async def purge(self, flt: EventFilter, chunk: int = 1000) -> int:
         """Delete matching events (and their history) ``chunk`` rows a transaction."""
-        return await bulk.purge(self.pool, flt, chunk)
+        return await purge_in_chunks(partial(bulk.purge_chunk, self.pool, flt, chunk))
 
     # -- dry-run target records ------------------------------------------------------
 

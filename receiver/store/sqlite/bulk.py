@@ -14,16 +14,13 @@ import orjson
 
 from receiver.models import EventFilter
 from receiver.store.base import ReplayRefusal, split_replayable
-from receiver.store.rows import QmarkParams, filter_sql
+from receiver.store.rows import QmarkParams
+from receiver.store.sql import REPLAYABLE_SQL, newest_sql, purge_pick_sql, replay_set
 from receiver.store.sqlite.schema import CONTACT_MATCH
 
 # Fewer bound values per statement than any SQLite build allows (999 before 3.32).
 _IN_CHUNK = 400
-_REPLAYABLE = "state NOT IN ('pending', 'retrying', 'invalid')"
-_REPLAY_SET = (
-    "state = 'pending', reason = NULL, next_attempt_at = 0, attempt_floor = attempts,"
-    " updated_at = ?"
-)
+_REPLAY_SET = replay_set("?")
 _UPSERT_RECORD = (
     "INSERT INTO records(hubspot_id, kind, target_id, fields, upserted_at)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT(hubspot_id, kind) DO UPDATE SET"
@@ -46,7 +43,7 @@ def replay(
     refusals, ok = split_replayable(event_ids, states)
     if ok:
         conn.executemany(
-            f"UPDATE events SET {_REPLAY_SET} WHERE id = ? AND {_REPLAYABLE}",
+            f"UPDATE events SET {_REPLAY_SET} WHERE id = ? AND {REPLAYABLE_SQL}",
             [(now, i) for i in dict.fromkeys(ok)],
         )
     return refusals, len(ok)
@@ -60,23 +57,15 @@ def replay_chunk(
     Returns how many were replayed and the lowest id seen (None when none was left).
     """
     params = QmarkParams()
-    where = filter_sql(flt, params, CONTACT_MATCH) + f" AND {_REPLAYABLE}"
-    if below_id is not None:
-        where += f" AND id < {params(below_id)}"
-    ids = [
-        row[0]
-        for row in conn.execute(
-            f"SELECT id FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
-            (*params.values, chunk),
-        )
-    ]
+    pick = newest_sql(flt, params, chunk, below_id, CONTACT_MATCH, "id", REPLAYABLE_SQL)
+    ids = [row[0] for row in conn.execute(pick, params.values)]
     if not ids:
         return 0, None
     count = 0
     for part in _chunks(ids):
         marks = ",".join("?" * len(part))
         count += conn.execute(
-            f"UPDATE events SET {_REPLAY_SET} WHERE id IN ({marks}) AND {_REPLAYABLE}",
+            f"UPDATE events SET {_REPLAY_SET} WHERE id IN ({marks}) AND {REPLAYABLE_SQL}",
             (now, *part),
         ).rowcount
     return count, ids[-1]
@@ -85,12 +74,9 @@ def replay_chunk(
 def purge_chunk(conn: sqlite3.Connection, flt: EventFilter, chunk: int) -> int | None:
     """Delete up to ``chunk`` matching events and their history; None when none was left."""
     params = QmarkParams()
-    where = filter_sql(flt, params, CONTACT_MATCH)
     ids = [
         row[0]
-        for row in conn.execute(
-            f"SELECT id FROM events WHERE {where} ORDER BY id LIMIT ?", (*params.values, chunk)
-        )
+        for row in conn.execute(purge_pick_sql(flt, params, chunk, CONTACT_MATCH), params.values)
     ]
     if not ids:
         return None

@@ -20,20 +20,17 @@ import orjson
 
 from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
 from receiver.store.rows import EVENT_COLUMNS, claimed_contacts, history_rows
+from receiver.store.sql import CLAIM_SCAN_PER_CONTACT, CONTACT_COLUMNS, OPEN_SQL
 
-OPEN = "state IN ('pending', 'retrying')"
-# How many open events a claim looks at, per contact it may take, to find distinct
-# contacts. Reading further costs every claim of a backlog milliseconds of the write
-# lock; contacts with many events each just take more claims.
-CLAIM_SCAN_PER_CONTACT = 5
-
-# The indexes are named: without statistics SQLite picks events_state(state, id) for
+# PostgreSQL asks the same (postgres/sql.py, CLAIM_CANDIDATES) its own way, for several
+# instances; here the writer holds the lock, only listed events count (see LIST_CHUNK), and
+# the indexes are named: without statistics SQLite picks events_state(state, id) for
 # both, which reads every open event (and sorts them) instead of stopping at the LIMIT or
 # reading only the claimed contacts' events.
 _DUE_CONTACTS = f"""
     SELECT object_id FROM (
         SELECT id, object_id FROM events INDEXED BY events_open
-        WHERE {OPEN} AND listed AND next_attempt_at <= ?
+        WHERE {OPEN_SQL} AND listed AND next_attempt_at <= ?
           AND object_id NOT IN (SELECT object_id FROM contact_leases WHERE until > ?)
         ORDER BY id LIMIT ?
     ) AS due
@@ -107,7 +104,7 @@ def contact_events_sql(contacts: int) -> str:
     marks = ",".join("?" * contacts)
     return (
         f"SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_object"
-        f" WHERE object_id IN ({marks}) AND listed AND {OPEN} AND next_attempt_at <= ?"
+        f" WHERE object_id IN ({marks}) AND listed AND {OPEN_SQL} AND next_attempt_at <= ?"
         " ORDER BY occurred_at, id"
     )
 
@@ -138,8 +135,7 @@ def claim(
     states = {
         r[0]: ContactState(*r)
         for r in conn.execute(
-            "SELECT object_id, kind, target_id, stage, last_occurred_at FROM contacts"
-            f" WHERE object_id IN ({marks})",
+            f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE object_id IN ({marks})",
             ids,
         )
     }

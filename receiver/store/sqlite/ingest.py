@@ -26,8 +26,10 @@ Every write of the store, this one included, holds the store's
 file lock for the other one; ingest takes it ahead of the dispatcher's writes.
 
 Per-request counts: duplicates inside the group are settled in Python (the first copy
-counts); the statement's row count tells whether every remaining row was new. Only when
-some row already existed are the inserted keys read back, by their contiguous ids.
+counts, see :mod:`receiver.store.group_commit`, which also holds the grouping, the split
+of a failed group and the answers, shared with PostgreSQL); the statement's row count
+tells whether every remaining row was new. Only when some row already existed are the
+inserted keys read back, by their contiguous ids.
 """
 
 from __future__ import annotations
@@ -38,18 +40,28 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
 
 from receiver.models import NewEvent
 from receiver.store.base import IngestResult
+from receiver.store.group_commit import (
+    MAX_GROUP_EVENTS,
+    Answer,
+    GroupTally,
+    IngestRequest,
+    answer,
+    commit_apart,
+    fill_group,
+    first_copies,
+    record_health,
+)
 from receiver.store.health import CommitHealth, storage_failure
 from receiver.store.sqlite.write_lock import WriteLock
 
 KEY_LENGTH = 24
-# The most events one group commits; a request is never split.
-MAX_GROUP_EVENTS = 20_000
 # The largest numerator and denominator of a clock value that SQLite turns back into the
 # very same double: an integer of at most 53 bits, divided by a power of two.
 _MAX_NUMERATOR = 1 << 53
@@ -79,42 +91,30 @@ INSERTED_KEYS = "SELECT dedup_key FROM events WHERE id BETWEEN ? AND ?"
 
 @dataclass
 class GroupRows:
-    """One group's new rows, and what each request needs to count its result."""
+    """One group's new rows, and the tally that turns them into each request's result."""
 
+    tally: GroupTally
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
     nows: list[float] = field(default_factory=list)  # per row, for the exact path
-    firsts: list[list[bytes]] = field(default_factory=list)  # per request: its new valid keys
-    valid: list[int] = field(default_factory=list)  # per request
-    invalid: list[int] = field(default_factory=list)  # per request
     exact_json: bool = True
 
 
 def group_rows(group: Sequence[tuple[Sequence[NewEvent], float]]) -> GroupRows:
     """The rows to insert for ``(events, now)`` requests, in order, first copies only."""
-    out = GroupRows()
-    seen: set[bytes] = set()
+    news, tally = first_copies(group)
+    out = GroupRows(tally)
     offset = 1
-    for events, now in group:
+    for (_, now), events in zip(group, news, strict=True):
         num, den = now.as_integer_ratio()
         if not (-_MAX_NUMERATOR <= num <= _MAX_NUMERATOR and den <= _MAX_DENOMINATOR):
             out.exact_json = False
-        firsts: list[bytes] = []
-        valid = invalid = 0
         for ev in events:
             key = ev.dedup_key
-            if ev.invalid_error is None:
-                valid += 1
-            else:
-                invalid += 1
-            if key in seen:
-                continue
-            seen.add(key)
             raw = ev.raw
             size = len(raw)
             if ev.invalid_error is None:
-                firsts.append(key)
                 out.rows.append(
                     ("pending", ev.object_id, ev.subscription_type, ev.occurred_at, ev.stage,
                      offset, size, None, None, num, den)
@@ -130,9 +130,6 @@ def group_rows(group: Sequence[tuple[Sequence[NewEvent], float]]) -> GroupRows:
             out.raws.append(raw)
             out.nows.append(now)
             offset += size
-        out.firsts.append(firsts)
-        out.valid.append(valid)
-        out.invalid.append(invalid)
     return out
 
 
@@ -174,22 +171,6 @@ def _insert_rows(conn: sqlite3.Connection, batch: GroupRows) -> set[bytes]:
     return inserted
 
 
-def results(batch: GroupRows, inserted: set[bytes] | None) -> list[IngestResult]:
-    """Each request's accepted, duplicate and invalid counts."""
-    out = []
-    for firsts, valid, invalid in zip(batch.firsts, batch.valid, batch.invalid, strict=True):
-        accepted = len(firsts) if inserted is None else sum(1 for k in firsts if k in inserted)
-        out.append(IngestResult(accepted, valid - accepted, invalid))
-    return out
-
-
-@dataclass
-class _Request:
-    events: Sequence[NewEvent]
-    now: float
-    future: asyncio.Future[IngestResult]
-
-
 class SQLiteIngest:
     """Group commit in a thread and on a connection of its own; see the module docstring."""
 
@@ -205,7 +186,7 @@ class SQLiteIngest:
         self._on_commit = on_commit
         self._max_events = max_events
         self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[IngestRequest] = deque()
         self._idle = False
         self._closing = False
         self._stopped: asyncio.Future[None] | None = None
@@ -241,7 +222,7 @@ class SQLiteIngest:
         with self._cond:
             if self._closing:
                 raise RuntimeError("store is closing")
-            self._queue.append(_Request(events, now, future))
+            self._queue.append(IngestRequest(events, now, future))
             if self._idle:
                 self._cond.notify()
         return await future
@@ -259,17 +240,14 @@ class SQLiteIngest:
         loop.call_soon_threadsafe(_settle, opened, None)
         try:
             while group := self._next_group():
-                try:
-                    answers = self._commit(conn, group)
-                except Exception as exc:  # a bug: answer 503 rather than never
-                    answers = [exc] * len(group)
-                _record_health(self.health, answers)
+                answers = commit_apart(group, partial(self._commit, conn))
+                record_health(self.health, answers, storage_failure)
                 loop.call_soon_threadsafe(self._answer, group, answers)
         finally:
             conn.close()
             loop.call_soon_threadsafe(_settle, stopped, None)
 
-    def _next_group(self) -> list[_Request]:
+    def _next_group(self) -> list[IngestRequest]:
         """Everything queued, up to ``max_events``; waits for some; empty once closed."""
         with self._cond:
             while not self._queue:
@@ -278,50 +256,19 @@ class SQLiteIngest:
                 self._idle = True
                 self._cond.wait()
                 self._idle = False
-            group = [self._queue.popleft()]
-            size = len(group[0].events)
-            while self._queue and size < self._max_events:
-                group.append(self._queue.popleft())
-                size += len(group[-1].events)
-            return group
+            queue = self._queue
+            return fill_group([queue.popleft()], queue.popleft, queue.__len__, self._max_events)
 
-    def _commit(
-        self, conn: sqlite3.Connection, group: list[_Request]
-    ) -> list[IngestResult | BaseException]:
+    def _commit(self, conn: sqlite3.Connection, group: list[IngestRequest]) -> list[IngestResult]:
         batch = group_rows([(request.events, request.now) for request in group])
-        try:
-            with self._lock.urgent():
-                inserted = insert_group(conn, batch)
-        except Exception as exc:
-            if len(group) == 1:
-                return [exc]  # answered 503; HubSpot retries
-            # One request's data must not fail the others: commit each on its own.
-            return [answer for request in group for answer in self._commit(conn, [request])]
-        return list(results(batch, inserted))
+        with self._lock.urgent():
+            inserted = insert_group(conn, batch)
+        return batch.tally.results(inserted)
 
-    def _answer(self, group: list[_Request], answers: list[IngestResult | BaseException]) -> None:
+    def _answer(self, group: list[IngestRequest], answers: list[Answer]) -> None:
         """In the event loop: hand each request its result."""
-        for request, answer in zip(group, answers, strict=True):
-            if request.future.done():  # the request was cancelled meanwhile
-                continue
-            if isinstance(answer, BaseException):
-                request.future.set_exception(answer)
-            else:
-                request.future.set_result(answer)
-        if not all(isinstance(a, BaseException) for a in answers):
+        if answer(group, answers):
             self._on_commit()
-
-
-def _record_health(health: CommitHealth, answers: Sequence[IngestResult | BaseException]) -> None:
-    # A committed request clears the failure; a group that failed for SQLite's own
-    # reasons (full, read-only, I/O) records it. One request's bad data, committed on
-    # its own after the group, is that request's problem and changes nothing.
-    if not all(isinstance(a, BaseException) for a in answers):
-        health.succeeded()
-        return
-    failures = [a for a in answers if isinstance(a, BaseException) and storage_failure(a)]
-    if failures:
-        health.failed(str(failures[0]))
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:

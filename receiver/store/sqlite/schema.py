@@ -25,6 +25,7 @@ from __future__ import annotations
 import sqlite3
 
 from receiver.errors import ConfigError
+from receiver.store.sql import OPEN_SQL
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -51,9 +52,11 @@ MIGRATIONS: list[list[str]] = [
             raw BLOB NOT NULL
         )
         """,
-        "CREATE INDEX events_open ON events(id) WHERE state IN ('pending', 'retrying')",
-        """CREATE INDEX events_open_contact ON events(object_id)
-           WHERE state IN ('pending', 'retrying')""",
+        # OPEN_SQL is the text these were created with; the claim's queries repeat it,
+        # as SQLite uses a partial index only for a query that names its condition.
+        f"CREATE INDEX events_open ON events(id) WHERE {OPEN_SQL}",
+        f"""CREATE INDEX events_open_contact ON events(object_id)
+           WHERE {OPEN_SQL}""",
         "CREATE INDEX events_object ON events(object_id, id)",
         "CREATE INDEX events_state ON events(state, id)",
         "CREATE INDEX events_received ON events(received_at)",

@@ -35,19 +35,14 @@ from receiver.models import (
     StoredEvent,
     TargetRecord,
 )
+from receiver.store import sql as shared
 from receiver.store.base import IngestResult, ReplayRefusal
-from receiver.store.rows import (
-    EVENT_COLUMNS,
-    QmarkParams,
-    event_from_row,
-    filter_sql,
-    storable,
-)
+from receiver.store.replay import purge_in_chunks, replay_in_chunks
+from receiver.store.rows import QmarkParams, event_from_row, storable
 from receiver.store.sqlite import bulk as sqlite_bulk
 from receiver.store.sqlite import dispatch as sqlite_dispatch
 from receiver.store.sqlite import sessions as sqlite_sessions
 from receiver.store.sqlite.checkpoint import Checkpointer
-from receiver.store.sqlite.dispatch import OPEN
 from receiver.store.sqlite.ingest import SQLiteIngest
 from receiver.store.sqlite.schema import CONTACT_MATCH, migrate
 from receiver.store.sqlite.thread import PRAGMAS, SQLiteWriter, connect
@@ -198,7 +193,7 @@ class SQLiteStore:
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
-        async with self._rc.execute(f"SELECT min(next_attempt_at) FROM events WHERE {OPEN}") as cur:
+        async with self._rc.execute(shared.NEXT_DUE) as cur:
             row = await cur.fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
@@ -214,34 +209,28 @@ class SQLiteStore:
 
     async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
         """``received_at`` of the oldest open event (through the partial index)."""
-        due = "" if due_at is None else " AND next_attempt_at <= ?"
-        async with self._rc.execute(
-            f"SELECT received_at FROM events INDEXED BY events_open WHERE {OPEN}{due}"
-            " ORDER BY id LIMIT 1",
-            () if due_at is None else (due_at,),
-        ) as cur:
+        # Named: without statistics SQLite may read events_state instead, every open event.
+        sql = shared.oldest_open_sql(None if due_at is None else "?", " INDEXED BY events_open")
+        async with self._rc.execute(sql, () if due_at is None else (due_at,)) as cur:
             row = await cur.fetchone()
         return float(row[0]) if row else None
 
     async def last_synced_at(self) -> float | None:
         """When an event last ended ``synced``."""
-        async with self._rc.execute("SELECT value FROM meta WHERE key = 'last_synced_at'") as cur:
+        async with self._rc.execute(shared.LAST_SYNCED) as cur:
             row = await cur.fetchone()
         return float(row[0]) if row else None
 
     async def get_event(self, event_id: int) -> StoredEvent | None:
         """One event, or None."""
-        async with self._rc.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,)
-        ) as cur:
+        async with self._rc.execute(shared.event_sql("?"), (event_id,)) as cur:
             row = await cur.fetchone()
         return event_from_row(row) if row else None
 
     async def history(self, event_id: int) -> list[HistoryEntry]:
         """The attempts of one event, oldest first."""
         async with self._rc.execute(
-            "SELECT at, outcome, error_code, error_message FROM event_history"
-            " WHERE event_id = ? ORDER BY rowid",
+            f"SELECT {shared.HISTORY_COLUMNS} FROM event_history WHERE event_id = ? ORDER BY rowid",
             (event_id,),
         ) as cur:
             return [HistoryEntry(*row) for row in await cur.fetchall()]
@@ -251,30 +240,21 @@ class SQLiteStore:
     ) -> list[StoredEvent]:
         """Matching events, newest first, below ``before_id``."""
         params = QmarkParams()
-        where = filter_sql(flt, params, CONTACT_MATCH)
-        if before_id is not None:
-            where += f" AND id < {params(before_id)}"
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id DESC LIMIT ?"
-        async with self._rc.execute(sql, (*params.values, limit)) as cur:
+        sql = shared.newest_sql(flt, params, limit, before_id, CONTACT_MATCH)
+        async with self._rc.execute(sql, params.values) as cur:
             return [event_from_row(row) for row in await cur.fetchall()]
 
     async def count_matching(self, flt: EventFilter) -> int:
         """How many events match."""
         params = QmarkParams()
-        where = filter_sql(flt, params, CONTACT_MATCH)
-        async with self._rc.execute(
-            f"SELECT count(*) FROM events WHERE {where}", params.values
-        ) as cur:
+        sql = shared.count_matching_sql(flt, params, CONTACT_MATCH)
+        async with self._rc.execute(sql, params.values) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def get_contact(self, object_id: int) -> ContactState | None:
         """The sync state of one contact."""
-        async with self._rc.execute(
-            "SELECT object_id, kind, target_id, stage, last_occurred_at FROM contacts"
-            " WHERE object_id = ?",
-            (object_id,),
-        ) as cur:
+        async with self._rc.execute(shared.contact_sql("?"), (object_id,)) as cur:
             row = await cur.fetchone()
         return ContactState(*row) if row else None
 
@@ -297,27 +277,19 @@ class SQLiteStore:
         progress: Callable[[int], None] | None = None,
     ) -> int:
         """Replay every closed, valid event matching ``flt``, ``chunk`` rows a transaction."""
-        total = 0
-        last_id = None
-        while True:
-            count, last_id = await self._wr.transaction(
-                sqlite_bulk.replay_chunk, flt, now, chunk, last_id, durable=True
+
+        async def replay_chunk(below_id: int | None) -> tuple[int, int | None]:
+            return await self._wr.transaction(
+                sqlite_bulk.replay_chunk, flt, now, chunk, below_id, durable=True
             )
-            if last_id is None:
-                return total
-            total += count
-            self._notify()
-            if progress is not None:
-                progress(total)
+
+        return await replay_in_chunks(replay_chunk, self._notify, progress)
 
     async def purge(self, flt: EventFilter, chunk: int = 1000) -> int:
         """Delete matching events (and their history) ``chunk`` rows a transaction."""
-        total = 0
-        while True:
-            count = await self._wr.transaction(sqlite_bulk.purge_chunk, flt, chunk)
-            if count is None:
-                return total
-            total += count
+        return await purge_in_chunks(
+            partial(self._wr.transaction, sqlite_bulk.purge_chunk, flt, chunk)
+        )
 
     # -- dry-run target records ------------------------------------------------------
 
