@@ -29,7 +29,12 @@ remote call starts is dropped unrecorded, to be claimed again; a round that ends
 its lease ran out is not recorded either, as another claimer may own the contact by then
 (the upsert is repeated, which is harmless). So two syncs of one contact never overlap
 while a target call takes less than half the lease (``LEASE_S``, 60 s, against 15 s HTTP
-timeouts). A clean stop releases the leases still held, so a restart resumes at once.
+timeouts). Those checks are on this process's clock, before an await: a process frozen
+(or paused) right after them would still write a stale round. So the store checks the
+lease again in the transaction that records, and refuses the contacts whose lease this
+owner lost; their rounds are logged, counted (``stagesync_rounds_refused``) and dropped,
+and the contacts are claimed again. A clean stop releases the leases still held, so a
+restart resumes at once.
 
 :func:`classify` (defined in :mod:`receiver.sync.retry`, exported here) is the one place where
 an error becomes a delay, a retry or ``failed``.
@@ -360,10 +365,31 @@ class Dispatcher:
             if job.contact is not None:
                 contacts.append(job.contact)
             await _breathe(n)
-        await self.store.record(self.owner, outcomes, contacts, [j.object_id for j in jobs], now)
+        refused = await self.store.record(
+            self.owner, outcomes, contacts, [j.object_id for j in jobs], now
+        )
+        if refused:
+            jobs, outcomes = self._refused(jobs, outcomes, set(refused))
         self._finish(jobs)
         if self.metrics is not None:
             self._observe(jobs, outcomes, now)
+
+    def _refused(
+        self, jobs: Sequence[Job], outcomes: Sequence[Outcome], refused: set[int]
+    ) -> tuple[list[Job], list[Outcome]]:
+        """Drop the jobs the store refused to record; the ones it recorded, and theirs."""
+        lost = [j for j in jobs if j.object_id in refused]
+        if not lost:
+            return list(jobs), list(outcomes)
+        log.warning(
+            "record_refused_lease_lost", contacts=len(lost), first_contact=lost[0].object_id
+        )
+        if self.metrics is not None:
+            self.metrics.lease_lost.inc(len(lost))
+        self._finish(lost)  # unrecorded: their events are due, and claimed again
+        dropped = {e.id for j in lost for e in j.claimed.events}
+        kept = [j for j in jobs if j.object_id not in refused]
+        return kept, [o for o in outcomes if o.event_id not in dropped]
 
     def _finish(self, jobs: Sequence[Job]) -> None:
         """Free the in-flight slots of ``jobs`` and look for work they may have hidden."""

@@ -63,6 +63,11 @@ class Metrics:
             registry=r,
         )
         self.retries = Counter("stagesync_retries_scheduled", "Retries scheduled", registry=r)
+        self.lease_lost = Counter(
+            "stagesync_rounds_refused",
+            "Contacts whose round the store refused: their lease was lost before the record",
+            registry=r,
+        )
 
     def hubspot_call(self, status: str) -> None:
         """Count one HubSpot call by status class."""

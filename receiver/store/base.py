@@ -113,8 +113,15 @@ class EventStore(Protocol):
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
-        """Record outcomes and contact sync state, then release the contacts' leases."""
+    ) -> list[int]:
+        """Record outcomes and contact sync state, then release the contacts' leases.
+
+        Fenced: only the rounds of the contacts of ``release`` whose lease ``owner``
+        still holds at ``now`` are written, checked in the same transaction that writes.
+        Returns the other contacts of ``release`` (refused: nothing of theirs is
+        written, and their events stay due, to be claimed again). A contact's
+        ``last_occurred_at`` never moves backwards, whoever writes.
+        """
         ...
 
     async def next_due_at(self, now: float) -> float | None:

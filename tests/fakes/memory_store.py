@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
 from receiver.models import (
     OPEN_STATES,
     REPLAYABLE_STATES,
@@ -34,7 +32,7 @@ from receiver.models import (
 )
 from receiver.store.base import IngestResult, ReplayRefusal, split_replayable
 from receiver.store.replay import purge_in_chunks, replay_in_chunks
-from receiver.store.rows import history_outcome, storable
+from receiver.store.rows import history_outcome, raw_document, storable
 
 
 @dataclass
@@ -120,7 +118,7 @@ class InMemoryStore:
                     updated_at=now,
                     target_kind=None,
                     target_id=None,
-                    raw=orjson.loads(new.raw),
+                    raw=raw_document(new.raw),
                 )
             )
             invalid += bad
@@ -170,9 +168,16 @@ class InMemoryStore:
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
-        """Apply outcomes and contact state, then release ``owner``'s leases."""
+    ) -> list[int]:
+        """Apply outcomes and contact state, then release ``owner``'s leases; the
+        contacts of ``release`` whose lease ``owner`` lost are refused and returned."""
         self.records += 1
+        refused = sorted(
+            i for i in set(release)
+            if not (self.leases.get(i, ("", 0.0))[0] == owner and self.leases[i][1] > now)
+        )  # fmt: skip
+        outcomes = [o for o in outcomes if self.rows[o.event_id].event.object_id not in refused]
+        contacts = [c for c in contacts if c.object_id not in refused]
         outcomes, contacts = storable(outcomes, contacts)
         for o in outcomes:
             row = self.rows[o.event_id]
@@ -198,12 +203,29 @@ class InMemoryStore:
             if o.state == "synced":
                 self.synced_at = now
         for c in contacts:
-            self.contacts[c.object_id] = ContactState(
-                c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at
+            old = self.contacts.get(c.object_id)
+            newer = (
+                old is None
+                or old.last_occurred_at is None
+                or c.last_occurred_at is None
+                or c.last_occurred_at >= old.last_occurred_at
             )
+            if newer:
+                latest = max(
+                    (
+                        t
+                        for t in (c.last_occurred_at, old.last_occurred_at if old else None)
+                        if t is not None
+                    ),
+                    default=None,
+                )
+                self.contacts[c.object_id] = ContactState(
+                    c.object_id, c.kind, c.target_id, c.stage, latest
+                )
         for object_id in release:
             if self.leases.get(object_id, ("", 0.0))[0] == owner:
                 del self.leases[object_id]
+        return refused
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest next attempt time among open events."""

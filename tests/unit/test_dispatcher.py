@@ -14,12 +14,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from receiver.dispatch.dispatcher import Dispatcher
 from receiver.dispatch.work import WAITING_CODE
 from receiver.errors import RateLimited
 from receiver.hubspot.payload import to_new_events
 from receiver.models import StoredEvent
+from receiver.ops.metrics import Metrics
 from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
 from receiver.sync.mapping import hubspot_properties
 from receiver.sync.retry import RetryPolicy
@@ -677,3 +679,28 @@ async def test_while_webhooks_keep_coming_claim_rounds_are_spaced_by_the_ingest_
 async def test_without_an_ingest_pace_the_next_round_follows_at_once() -> None:
     lone, both = await synced_after(0.0)
     assert lone < 0.4 and both < 0.4
+
+
+async def test_a_round_the_store_refuses_is_logged_counted_and_its_contact_claimed_again() -> None:
+    target = ScriptedTarget(gate=asyncio.Event())
+    metrics = Metrics()
+    async with running(target=target, metrics=metrics) as rig:
+        (eid,) = await rig.send(stage_event(40, "lead"))
+        await rig.until(lambda: target.calls == 1, what="the upsert in flight")
+        # Meanwhile another instance takes the contact over (this one froze, say).
+        rig.store.leases[40] = ("another-instance", T0 + 3600)
+        with capture_logs() as logs:
+            assert target.gate is not None
+            target.gate.set()
+            await rig.until(
+                lambda: metrics.registry.get_sample_value("stagesync_rounds_refused_total") == 1,
+                what="the refusal",
+            )
+        assert any(line["event"] == "record_refused_lease_lost" for line in logs)
+        assert (await rig.get(eid)).state == "pending"
+        assert await rig.store.history(eid) == []
+        del rig.store.leases[40]  # the other instance is done with it
+        rig.dispatcher.wake()
+        (done,) = await rig.final(eid)
+        assert done.state == "synced" and done.attempts == 1
+        assert [h.outcome for h in await rig.store.history(eid)] == ["synced"]

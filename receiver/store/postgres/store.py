@@ -234,10 +234,10 @@ class PostgresStore:
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
+    ) -> list[int]:
         """Record outcomes and contact state, and release leases, in one transaction."""
         outcomes, contacts = storable(outcomes, contacts)
-        await dispatch.record(self.pool, owner, outcomes, contacts, release, now)
+        return await dispatch.record(self.pool, owner, outcomes, contacts, release, now)
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""

@@ -186,10 +186,12 @@ class SQLiteStore:
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
+    ) -> list[int]:
         """Record outcomes and contact state, and release leases, in one transaction."""
         outcomes, contacts = storable(outcomes, contacts)
-        await self._wr.transaction(sqlite_dispatch.record, owner, outcomes, contacts, release, now)
+        return await self._wr.transaction(
+            sqlite_dispatch.record, owner, outcomes, contacts, release, now
+        )
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
