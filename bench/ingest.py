@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-minimal",
         dest="minimal",
         action="store_false",
-        help="skip the minimal receiver (the issue's reference, single events only)",
+        help="skip the minimal receiver (a reference point, single events only)",
     )
     group.add_argument(
         "--no-checks-only",

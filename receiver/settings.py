@@ -7,6 +7,7 @@ print them all and stop without a traceback.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -86,6 +87,8 @@ class Settings(EnvOverFileSettings):
     alert_interval_s: float = Field(300.0, gt=0)
     alert_backlog_s: float = Field(1800.0, gt=0)
     reconcile_interval_s: float = Field(900.0, ge=0, description="0 turns reconciliation off")
+    host: str = Field("127.0.0.1", min_length=1, description="address serve listens on")
+    port: int = Field(8000, ge=1, le=65535, description="port serve listens on")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -334,6 +337,26 @@ def _target_settings(
         if name == chosen:
             chosen_settings = validated
     return problems, chosen_settings
+
+
+# STAGESYNC_* variables that are not settings but are read on their own.
+OTHER_VARIABLES = ("CONFIG", "TEST_POSTGRES_DSN")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``STAGESYNC_*`` variable that names no setting, with the
+    closest real name: a misspelt variable would otherwise be ignored without a word."""
+    known = [name.removeprefix(ENV_PREFIX) for name in sorted(known_env_names())]
+    known += list(OTHER_VARIABLES)
+    warnings = []
+    for key in sorted(environ):
+        name = key.removeprefix(ENV_PREFIX)
+        if not key.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"{key} is not a stagesync setting and is ignored{hint}")
+    return warnings
 
 
 def load_settings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,27 @@ from typing import Any
 import pytest
 
 from receiver.settings import Settings, load_settings
+from tests.support.postgres_cluster import session_cluster
 
 SECRET = "test-client-secret-0123456789"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the throwaway PostgreSQL cluster, if the session started one."""
+    session_cluster.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """One line per reason tests were skipped for, and where PostgreSQL tests ran."""
+    if session_cluster.used is not None:
+        terminalreporter.write_line(f"stagesync: PostgreSQL tests ran on {session_cluster.used}")
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"stagesync: {count} test(s) skipped: {reason}")
 
 
 @pytest.fixture(autouse=True)

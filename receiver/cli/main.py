@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,19 +19,20 @@ from typing import Any
 import orjson
 
 from receiver.cli import jobs, sync_settings
-from receiver.cli.store import database_label, no_work, settings_from_args, with_store
+from receiver.cli.serve import DEMO_SECRET, base_url, serve
+from receiver.cli.store import PLACEHOLDER_SECRET, database_label, settings_from_args, with_store
 from receiver.dispatch.sync_settings import status_fields
 from receiver.errors import ConfigError
-from receiver.models import STATES, EventFilter
+from receiver.models import STATES, EventFilter, StoredEvent
 from receiver.ops.presenters import event_json, history_json, iso, record_json
 from receiver.ops.status import build_status
-from receiver.settings import ENV_PREFIX
 from receiver.store.base import EventStore, split_replayable
 from receiver.web.admin.params import DEFAULT_LIMIT, MAX_LIMIT, BadParam, parse_time
 from receiver.web.numbers import MAX_INT64, parse_uint
+from receiver.web.webhook import WEBHOOK_PATH
 
-DEMO_SECRET = "demo-client-secret-not-for-production"
-
+#: The smallest replay by filter that shows a progress bar on a terminal.
+PROGRESS_FROM = 200
 
 _settings = settings_from_args
 
@@ -70,61 +71,8 @@ def _print_json(doc: Any) -> None:
 # -- commands --------------------------------------------------------------------------
 
 
-#: First-generation threshold of the collector while serving (CPython's default is 700).
-GC_GEN0_THRESHOLD = 10_000
-
-
-def _tune_gc() -> None:
-    """Freeze what start-up made and let short-lived objects die young.
-
-    The modules, the settings and the app live as long as the process: frozen, they are
-    no longer walked by every full collection. With a first generation of 10,000 objects
-    instead of 700, a webhook request's objects, which live for the ~20 ms of its group
-    commit under a burst, mostly die before a collection promotes them to the old
-    generations, where they made full collections, and the pauses every request in
-    flight waits out, more frequent. Measured under batches of 100 at 10 connections:
-    the longest pause of a 6 s burst went from about 30 to 15 ms.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 10)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from receiver.ops.logging import configure_logging
-    from receiver.web.app import create_app
-    from receiver.web.http_protocol import LimitedHttpToolsProtocol
-
-    settings = _settings(args)
-    # Open (and migrate) the database once first: a bad path or an unreachable server
-    # is then one clear line instead of uvicorn's lifespan traceback.
-    if asyncio.run(with_store(settings, no_work, create=True)) != 0:
-        return 1
-    configure_logging(settings.log_format, settings.log_level, settings.secret_values())
-    if settings.hubspot_client_secret.get_secret_value() == DEMO_SECRET:
-        bar = "!" * 72
-        sys.stderr.write(
-            f"{bar}\n!! DEMO CLIENT SECRET in use: {DEMO_SECRET}\n"
-            "!! Anyone who knows it can send you webhooks. Set STAGESYNC_HUBSPOT_CLIENT_SECRET\n"
-            f"!! to your HubSpot app's client secret before real use.\n{bar}\n"
-        )
-    app = create_app(settings)
-    _tune_gc()
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        log_config=None,  # uvicorn's records go through configure_logging's handler
-        access_log=False,
-        proxy_headers=True,
-        server_header=False,
-        # A bounded request head and a deadline to receive a request (http_protocol.py).
-        http=LimitedHttpToolsProtocol,
-    )
-    return 0
+    return serve(_settings(args), args.host, args.port)
 
 
 def _on(flag: bool) -> str:
@@ -154,6 +102,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  admin api:       {'enabled' if settings.admin_token else 'disabled (no token)'}")
     print(f"  on delete:       {settings.on_delete}")
     print(f"  max attempts:    {settings.max_attempts}")
+    print(f"  listens on:      {base_url(settings.host, settings.port)} ({settings.host})")
     return 0
 
 
@@ -238,11 +187,16 @@ def cmd_events(args: argparse.Namespace) -> int:
                 f"{event.id:>8}  {iso(event.received_at)}  {event.state:<8} "
                 f"{(event.reason or ''):<17} contact={event.object_id} "
                 f"{event.subscription_type or '-'} stage={event.stage or '-'} "
-                f"attempts={event.attempts}{err}"
+                f"attempts={event.attempts}{_since_replay(event)}{err}"
             )
         return 0
 
     return asyncio.run(with_store(settings, show if rest else listing))
+
+
+def _since_replay(event: StoredEvent) -> str:
+    since = event.attempts - event.attempt_floor
+    return f" ({since} since replay)" if since != event.attempts else ""
 
 
 def cmd_records(args: argparse.Namespace) -> int:
@@ -310,9 +264,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(f"{total} event(s) would be replayed")
             return 0
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True, disable=total < 2000) as bar:
+        # On a terminal, a bar from a few hundred events; piped, only the summary line.
+        console = Console(stderr=True)
+        shown = console.is_terminal and total >= PROGRESS_FROM
+        with Progress(console=console, transient=True, disable=not shown) as bar:
             task = bar.add_task("replaying", total=total)
             count = await store.replay_matching(
                 flt, time.time(), progress=lambda done: bar.update(task, completed=done)
@@ -340,17 +298,14 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_send_sample(args: argparse.Namespace) -> int:
     from receiver.hubspot.sample import send_sample
 
-    secret = args.secret
-    if secret is None:
-        try:
-            secret = _settings(args).hubspot_client_secret.get_secret_value()
-        except ConfigError as exc:
-            secret_line = ENV_PREFIX + "HUBSPOT_CLIENT_SECRET:"
-            if not any(line.startswith(secret_line) for line in exc.problems):
-                raise  # another problem: report it rather than sign with the wrong secret
-            secret = DEMO_SECRET
-            print("no client secret configured: signing with the demo secret", file=sys.stderr)
-    return send_sample(args.url, secret, args.stage, args.object_id)
+    # Another problem of the settings is reported rather than signing with a wrong secret.
+    settings = _settings(args, need_secret=False)
+    secret = args.secret or settings.hubspot_client_secret.get_secret_value()
+    if secret == PLACEHOLDER_SECRET:
+        secret = DEMO_SECRET
+        print("no client secret configured: signing with the demo secret", file=sys.stderr)
+    url = args.url or base_url(settings.host, settings.port) + WEBHOOK_PATH
+    return send_sample(url, secret, args.stage, args.object_id)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -358,7 +313,11 @@ def cmd_send_sample(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(prog="stagesync", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="stagesync",
+        description="stagesync: HubSpot contact webhooks to a CRM, as Leads or Contacts"
+        " by lifecycle stage.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> Any:
@@ -374,8 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--until", type=_when)
 
     p = command("serve", cmd_serve, "run the service")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8000, help="1 to 65535 (default 8000)")
+    p.add_argument(
+        "--host",
+        help="address to listen on, 0.0.0.0 for every interface"
+        " (default: STAGESYNC_HOST, else 127.0.0.1)",
+    )
+    p.add_argument("--port", type=_port, help="1 to 65535 (default: STAGESYNC_PORT, else 8000)")
     command("check-config", cmd_check_config, "validate the settings and print a summary")
     p = command("status", cmd_status, "counts per state, backlog age, last sync")
     p.add_argument("--json", action="store_true")
@@ -408,8 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--before", type=_when, required=True)
     p.add_argument("--dry-run", action="store_true", help="only count")
     p = command("send-sample", cmd_send_sample, "send a signed sample batch to a server")
-    p.add_argument("--url", default="http://127.0.0.1:8000/webhooks/hubspot")
-    p.add_argument("--stage", default="lead")
+    p.add_argument(
+        "--url",
+        help="the service's webhook URL (default: http://STAGESYNC_HOST:STAGESYNC_PORT"
+        f"{WEBHOOK_PATH}, as serve listens, else http://127.0.0.1:8000{WEBHOOK_PATH})",
+    )
+    p.add_argument(
+        "--stage",
+        default="lead",
+        help="lifecycle stage the sample contact moves to (default: %(default)s)",
+    )
     p.add_argument("--object-id", type=_object_id, metavar="N")
     p.add_argument("--secret", help="client secret to sign with (default: the configured one)")
     sync_settings.register(command)
@@ -421,7 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; configuration problems print one line each and exit 1."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except ConfigError as exc:
         print("configuration problems:", file=sys.stderr)
         for line in exc.problems:
@@ -429,6 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`stagesync events | head -1`): what it wanted, it has.
+        # Standard output points at /dev/null so the flush at exit fails no more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,8 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 
-from receiver.settings import ENV_PREFIX, Settings, load_settings
+from receiver.errors import ConfigError
+from receiver.settings import ENV_PREFIX, Settings, load_settings, unknown_variables
 from receiver.store.base import EventStore
 from receiver.store.factory import make_store
 from receiver.store.sqlite.store import sqlite_path
@@ -96,6 +97,12 @@ async def no_work(store: EventStore) -> int:
     return 0
 
 
+_SECRET_MISSING = ENV_PREFIX + "HUBSPOT_CLIENT_SECRET: required"
+DEMO_HINT = (
+    " (`make run` sets a demo secret when it is unset, for trying stagesync out; for real"
+    " use, set it to your HubSpot app's client secret)"
+)
+
 #: Stands in for the client secret in commands that only read or write the database.
 PLACEHOLDER_SECRET = "unused-by-database-commands"
 
@@ -106,6 +113,12 @@ def settings_from_args(args: argparse.Namespace, need_secret: bool = True) -> Se
     A command that only works on the database does not need the client secret.
     """
     environ = dict(os.environ)
+    for warning in unknown_variables(environ):
+        print(f"warning: {warning}", file=sys.stderr)
     if not need_secret:
         environ.setdefault(ENV_PREFIX + "HUBSPOT_CLIENT_SECRET", PLACEHOLDER_SECRET)
-    return load_settings(getattr(args, "config", None), environ)
+    try:
+        return load_settings(getattr(args, "config", None), environ)
+    except ConfigError as exc:
+        problems = [p + DEMO_HINT if p.startswith(_SECRET_MISSING) else p for p in exc.problems]
+        raise ConfigError(problems) from None

@@ -29,7 +29,12 @@ remote call starts is dropped unrecorded, to be claimed again; a round that ends
 its lease ran out is not recorded either, as another claimer may own the contact by then
 (the upsert is repeated, which is harmless). So two syncs of one contact never overlap
 while a target call takes less than half the lease (``LEASE_S``, 60 s, against 15 s HTTP
-timeouts). A clean stop releases the leases still held, so a restart resumes at once.
+timeouts). Those checks are on this process's clock, before an await: a process frozen
+(or paused) right after them would still write a stale round. So the store checks the
+lease again in the transaction that records, and refuses the contacts whose lease this
+owner lost; their rounds are logged, counted (``stagesync_rounds_refused``) and dropped,
+and the contacts are claimed again. A clean stop releases the leases still held, so a
+restart resumes at once.
 
 :func:`classify` (defined in :mod:`receiver.sync.retry`, exported here) is the one place where
 an error becomes a delay, a retry or ``failed``.
@@ -41,7 +46,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -51,6 +56,7 @@ from receiver.errors import AuthExpired, RateLimited, TokenRefused
 from receiver.models import ClaimedContact, ContactUpdate, Outcome
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
+from receiver.ops.redaction import SecretScrubber
 from receiver.store.base import EventStore
 from receiver.sync.mapping import hubspot_properties
 from receiver.sync.retry import RetryPolicy, classify
@@ -121,8 +127,11 @@ class Dispatcher:
         ingest_pace_s: float = INGEST_PACE_S,
         live_routing: Callable[[], RoutingConfig] | None = None,
         alerts: FailureObserver | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.store = store
+        # Upstream errors are stored and shown: any configured secret they echo is not.
+        self.scrub = SecretScrubber(secrets)
         self.hubspot = hubspot
         self.routing = routing
         #: The routing in force, read once per round (the live sync settings); else
@@ -364,13 +373,20 @@ class Dispatcher:
             event = job.main_event
             assert event is not None
             outcome = classify(exc, event, event.attempt_floor, self.retry, now, streak)
-            job.result.append(replace(outcome, stage=job.stage))
+            job.result.append(
+                replace(
+                    outcome,
+                    stage=job.stage,
+                    error_code=self.scrub.optional(outcome.error_code),
+                    error_message=self.scrub.optional(outcome.error_message),
+                )
+            )
             log.warning(
                 "dispatch_retry" if outcome.state == "retrying" else "dispatch_failed",
                 event_id=event.id,
                 contact_id=job.object_id,
                 api=api,
-                error_code=outcome.error_code,
+                error_code=job.result[-1].error_code,
                 counts_attempt=outcome.counts_attempt,
             )
 
@@ -391,7 +407,11 @@ class Dispatcher:
             if job.contact is not None:
                 contacts.append(job.contact)
             await _breathe(n)
-        await self.store.record(self.owner, outcomes, contacts, [j.object_id for j in jobs], now)
+        refused = await self.store.record(
+            self.owner, outcomes, contacts, [j.object_id for j in jobs], now
+        )
+        if refused:
+            jobs, outcomes = self._refused(jobs, outcomes, set(refused))
         self._finish(jobs)
         if self.metrics is not None:
             self._observe(jobs, outcomes, now)
@@ -399,6 +419,23 @@ class Dispatcher:
             self.alerts.failed(
                 [(o.event_id, o.error_code) for o in outcomes if o.state == "failed"]
             )
+
+    def _refused(
+        self, jobs: Sequence[Job], outcomes: Sequence[Outcome], refused: set[int]
+    ) -> tuple[list[Job], list[Outcome]]:
+        """Drop the jobs the store refused to record; the ones it recorded, and theirs."""
+        lost = [j for j in jobs if j.object_id in refused]
+        if not lost:
+            return list(jobs), list(outcomes)
+        log.warning(
+            "record_refused_lease_lost", contacts=len(lost), first_contact=lost[0].object_id
+        )
+        if self.metrics is not None:
+            self.metrics.lease_lost.inc(len(lost))
+        self._finish(lost)  # unrecorded: their events are due, and claimed again
+        dropped = {e.id for j in lost for e in j.claimed.events}
+        kept = [j for j in jobs if j.object_id not in refused]
+        return kept, [o for o in outcomes if o.event_id not in dropped]
 
     def _finish(self, jobs: Sequence[Job]) -> None:
         """Free the in-flight slots of ``jobs`` and look for work they may have hidden."""

@@ -20,14 +20,16 @@ per-commit write volume small as the table grows.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import json
+import time
 from typing import Annotated, Any
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from receiver.models import NewEvent
+from receiver.nesting import MAX_EVENT_DEPTH, cut_to, deeper_than
 
 LIFECYCLE_STAGE = "lifecyclestage"
 MERGE = "contact.merge"
@@ -37,9 +39,16 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 KEY_LENGTH = 24  # 8 bytes of occurredAt, 16 of hash
 _INVALID_PREFIX = bytes(8)
-# An event nested too deeply to write back out is stored as this, and invalid.
-TOO_DEEP = "nested too deeply to store"
-TOO_DEEP_RAW = orjson.dumps({"stagesync": TOO_DEEP})
+TOO_DEEP = (
+    f"the event nests more than {MAX_EVENT_DEPTH} levels deep (HubSpot's events are flat);"
+    f" it is stored cut to {MAX_EVENT_DEPTH} levels"
+)
+# What orjson cannot write back out is stored as this, and invalid.
+UNWRITABLE = "the event cannot be written back out as JSON"
+UNWRITABLE_RAW = orjson.dumps({"stagesync": UNWRITABLE})
+# Large batches are validated in slices, the event loop handed back between them.
+YIELD_AFTER_S = 0.002
+SLICE = 32
 
 Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
 
@@ -176,56 +185,66 @@ def _invalid(raw: bytes, error: str) -> NewEvent:
     )
 
 
-def _deep_raw(item: dict[str, Any]) -> bytes | None:
-    """An event orjson cannot write, as stored; None when nothing can write it."""
-    # orjson reads 1,024 levels but writes 254; the standard library writes on up to
-    # Python's recursion limit. One such event must not cost its batch a 500.
+def to_new_event(item: dict[str, Any]) -> NewEvent:
+    """Validate one raw event; a malformed one comes back with ``invalid_error`` set."""
     try:
-        return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
-    except RecursionError:
-        return None
+        raw = orjson.dumps(item)
+    except orjson.JSONEncodeError:  # orjson writes 254 levels (it reads 1,024)
+        if deeper_than(item, MAX_EVENT_DEPTH):
+            return _invalid(orjson.dumps(cut_to(item, MAX_EVENT_DEPTH)), TOO_DEEP)
+        return _invalid(UNWRITABLE_RAW, UNWRITABLE)  # nothing orjson.loads gives
+    # A byte search first: a flat event, HubSpot's kind, has no bracket past its first.
+    if (raw.find(b"{", 1) != -1 or raw.find(b"[") != -1) and deeper_than(item, MAX_EVENT_DEPTH):
+        return _invalid(orjson.dumps(cut_to(item, MAX_EVENT_DEPTH)), TOO_DEEP)
+    fields = _fast_fields(item)
+    if fields is None:
+        try:
+            event = _validate(item)
+        except ValidationError as exc:
+            return _invalid(raw, _short_error(exc))
+        fields = (
+            event.object_id,
+            event.subscription_type,
+            event.event_id,
+            event.portal_id,
+            event.occurred_at,
+            event.property_name,
+            event.property_value,
+            event.primary_object_id,
+        )
+    object_id, sub_type, event_id, portal_id, occurred_at, name, value, primary = fields
+    ident = orjson.dumps([portal_id, sub_type, event_id, object_id, occurred_at, name, value])
+    return NewEvent(
+        dedup_key=_key(occurred_at, ident),
+        raw=raw,
+        object_id=primary if sub_type == MERGE and primary is not None else object_id,
+        subscription_type=sub_type,
+        occurred_at=occurred_at,
+        stage=str(value) if name == LIFECYCLE_STAGE and value is not None else None,
+    )
 
 
 def to_new_events(items: list[dict[str, Any]]) -> list[NewEvent]:
     """Validate each raw event; malformed ones come back with ``invalid_error`` set."""
-    out = []
-    dumps = orjson.dumps
-    for item in items:
-        try:
-            raw = dumps(item)
-        except orjson.JSONEncodeError:
-            deep = _deep_raw(item)
-            if deep is None:
-                out.append(_invalid(TOO_DEEP_RAW, TOO_DEEP))
-                continue
-            raw = deep
-        fields = _fast_fields(item)
-        if fields is None:
-            try:
-                event = _validate(item)
-            except ValidationError as exc:
-                out.append(_invalid(raw, _short_error(exc)))
-                continue
-            fields = (
-                event.object_id,
-                event.subscription_type,
-                event.event_id,
-                event.portal_id,
-                event.occurred_at,
-                event.property_name,
-                event.property_value,
-                event.primary_object_id,
-            )
-        object_id, sub_type, event_id, portal_id, occurred_at, name, value, primary = fields
-        ident = dumps([portal_id, sub_type, event_id, object_id, occurred_at, name, value])
-        out.append(
-            NewEvent(
-                dedup_key=_key(occurred_at, ident),
-                raw=raw,
-                object_id=primary if sub_type == MERGE and primary is not None else object_id,
-                subscription_type=sub_type,
-                occurred_at=occurred_at,
-                stage=str(value) if name == LIFECYCLE_STAGE and value is not None else None,
-            )
-        )
+    return [to_new_event(item) for item in items]
+
+
+async def to_new_events_yielding(
+    items: list[dict[str, Any]], budget_s: float = YIELD_AFTER_S
+) -> list[NewEvent]:
+    """:func:`to_new_events`, handing the event loop back every ``budget_s`` seconds.
+
+    A malformed event goes through pydantic and costs tens of microseconds: a large
+    batch of them, validated in one go, would hold every other request of the process
+    for seconds. Well-formed batches of ordinary size finish within one slice.
+    """
+    out: list[NewEvent] = []
+    convert = to_new_event
+    clock = time.perf_counter
+    start = clock()
+    for begin in range(0, len(items), SLICE):
+        out.extend([convert(item) for item in items[begin : begin + SLICE]])
+        if clock() - start > budget_s:
+            await asyncio.sleep(0)
+            start = clock()
     return out

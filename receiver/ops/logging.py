@@ -21,7 +21,9 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-REDACTED = "[redacted]"
+from receiver.ops.redaction import REDACTED as REDACTED  # the name tests and callers know
+from receiver.ops.redaction import SecretScrubber
+
 REQUEST_ID_HEADER = b"x-request-id"
 # A caller's request id is kept only when it is short and plain, so it cannot forge
 # log structure or smuggle a secret-looking blob into every line.
@@ -30,14 +32,11 @@ _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 class _Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.scrubber = SecretScrubber(secrets)
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self.secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return self.scrubber.text(value)
         if isinstance(value, dict):
             return {k: self._scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -47,7 +46,7 @@ class _Redactor:
     def __call__(
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if not self.secrets:
+        if not self.scrubber:
             return event_dict
         for key, value in event_dict.items():
             event_dict[key] = self._scrub(value)
@@ -59,7 +58,8 @@ class StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 # Libraries whose info and debug lines repeat what our own events say.
-QUIET_LIBRARIES = ("httpx", "httpcore", "aiosqlite", "asyncpg")
+# python-multipart writes one debug line per byte of a form body.
+QUIET_LIBRARIES = ("httpx", "httpcore", "aiosqlite", "asyncpg", "multipart", "python_multipart")
 
 
 def configure_logging(

@@ -82,6 +82,11 @@ class Metrics:
             "Now minus the reconciliation watermark (0 before the first pass)",
             registry=r,
         )
+        self.lease_lost = Counter(
+            "stagesync_rounds_refused",
+            "Contacts whose round the store refused: their lease was lost before the record",
+            registry=r,
+        )
 
     def hubspot_call(self, status: str) -> None:
         """Count one HubSpot call by status class."""

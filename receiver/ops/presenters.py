@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from receiver.models import HistoryEntry, StoredEvent, TargetRecord
+from receiver.nesting import MAX_EVENT_DEPTH, cut_to, deeper_than
 
 
 def iso(ts: float | None) -> str | None:
@@ -14,6 +15,18 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def shown_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    """An event's payload as answers show it: cut to :data:`MAX_EVENT_DEPTH` levels.
+
+    Events stored before ingest refused deep nesting may nest far deeper, past what
+    the JSON writer of an answer (which adds its own levels around it) can write.
+    """
+    if deeper_than(raw, MAX_EVENT_DEPTH):
+        cut: dict[str, Any] = cut_to(raw, MAX_EVENT_DEPTH)
+        return cut
+    return raw
 
 
 def event_json(event: StoredEvent) -> dict[str, Any]:
@@ -29,12 +42,14 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "subscription_type": event.subscription_type,
         "stage": event.stage,
         "attempts": event.attempts,
+        # ``attempts`` counts across replays; MAX_ATTEMPTS applies to this figure.
+        "attempts_since_replay": event.attempts - event.attempt_floor,
         "last_error": last_error,
         "received_at": iso(event.received_at),
         "updated_at": iso(event.updated_at),
         "target_kind": event.target_kind,
         "target_id": event.target_id,
-        "raw": event.raw,
+        "raw": shown_raw(event.raw),
     }
 
 

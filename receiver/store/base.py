@@ -119,8 +119,15 @@ class EventStore(Protocol):
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
-        """Record outcomes and contact sync state, then release the contacts' leases."""
+    ) -> list[int]:
+        """Record outcomes and contact sync state, then release the contacts' leases.
+
+        Fenced: only the rounds of the contacts of ``release`` whose lease ``owner``
+        still holds at ``now`` are written, checked in the same transaction that writes.
+        Returns the other contacts of ``release`` (refused: nothing of theirs is
+        written, and their events stay due, to be claimed again). A contact's
+        ``last_occurred_at`` never moves backwards, whoever writes.
+        """
         ...
 
     async def next_due_at(self, now: float) -> float | None:
@@ -290,4 +297,16 @@ class EventStore(Protocol):
 
     async def reconcile_state(self) -> ReconcileState:
         """The stored watermark, last pass and what it found."""
+        ...
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Admin page: remember a login until ``expires_at``; forget expired ones."""
+        ...
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Admin page: whether a login is remembered and has not expired."""
+        ...
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Admin page: forget a login (its logout)."""
         ...

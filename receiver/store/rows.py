@@ -27,14 +27,28 @@ EVENT_COLUMNS = (
 )
 
 
+UNREADABLE_RAW = {"stagesync": "the stored payload cannot be read back as JSON"}
+
+
+def raw_document(raw: bytes | None) -> dict[str, Any]:
+    """A stored payload as a document; a placeholder for one JSON cannot read back (an
+    older version stored events nested past the 1,024 levels orjson reads)."""
+    if raw is None:
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return dict(UNREADABLE_RAW)
+    return doc if type(doc) is dict else {"stagesync": "the stored payload is not an object"}
+
+
 def event_from_row(row: Sequence[Any]) -> StoredEvent:
     """Build a :class:`StoredEvent` from a row selected with ``EVENT_COLUMNS``."""
-    raw = row[14]
     # Positional, in the dataclass's field order: a claim builds hundreds of these.
     return StoredEvent(
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
         float(row[10]), float(row[11]), row[12], row[13],
-        orjson.loads(raw) if raw is not None else {}, row[15],
+        raw_document(row[14]), row[15],
     )  # fmt: skip
 
 

@@ -97,11 +97,15 @@ def classify(
         code, message = "internal_error", f"{type(exc).__name__}: {exc}"
     attempt = event.attempts + 1 - attempt_floor
     if policy.exhausted(attempt):
+        # MAX_ATTEMPTS counts from the last replay, while ``attempts`` counts them all.
+        tried = f"{attempt} attempts"
+        if attempt_floor:
+            tried += f" since the last replay, {event.attempts + 1} in all"
         return Outcome(
             event_id=event.id,
             state="failed",
             error_code=code,
-            error_message=f"{message} (gave up after {attempt} attempts)",
+            error_message=f"{message} (gave up after {tried})",
         )
     retry_after = exc.retry_after if isinstance(exc, TransientError) else None
     return Outcome(

@@ -177,6 +177,7 @@ def _build_context(
         lease_s=settings.lease_s,
         concurrency=settings.dispatch_concurrency,
         clock=clock,
+        secrets=settings.secret_values(),
     )
     return AppContext(
         settings=settings,

@@ -2,15 +2,18 @@
 
 Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, so neither the
 token's content nor its length leaks through timing. The page's cookie never holds the
-token: it holds an expiry time and an HMAC of it keyed by the token, so a leaked cookie
-stops working when it expires or when the token is changed. Audit lines name the caller
-by :func:`fingerprint`, the first 8 hex digits of the token's SHA-256.
+token: it holds an expiry time, a random session id and an HMAC of both keyed by the
+token. The database remembers each session id (as its SHA-256) until its logout, and
+the page checks it on every request, so a leaked cookie stops working at the logout, at
+its expiry, or when the token is changed. Audit lines name the caller by
+:func:`fingerprint`, the first 8 hex digits of the token's SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -23,7 +26,7 @@ from receiver.web.responses import error
 
 COOKIE_NAME = "stagesync_admin"
 SESSION_S = 12 * 3600
-_SESSION_LABEL = b"stagesync-admin-session-v1"
+_SESSION_LABEL = b"stagesync-admin-session-v2"
 NO_TOKEN_MESSAGE = (
     "The admin API is off because no admin token is configured. Set STAGESYNC_ADMIN_TOKEN"
     " to a long random value (for example the output of `openssl rand -hex 32`) and restart."
@@ -37,6 +40,7 @@ class Caller:
 
     fingerprint: str
     via: str  # "bearer" or "cookie"
+    session: str | None = None  # the cookie's session id
 
 
 def fingerprint(token: str) -> str:
@@ -67,25 +71,45 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-def _session_mac(token: str, expires: int) -> str:
-    msg = _SESSION_LABEL + b":" + str(expires).encode()
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A page login: the cookie's value, and the key the database remembers it by."""
+
+    cookie: str
+    key: str
+    expires_at: float
+
+
+def session_key(session_id: str) -> str:
+    """What the database holds for a session id: its SHA-256, never the id itself."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _session_mac(token: str, expires: int, session_id: str) -> str:
+    msg = _SESSION_LABEL + b":" + str(expires).encode() + b":" + session_id.encode()
     return hmac.new(token.encode(), msg, hashlib.sha256).hexdigest()
 
 
-def issue_session(token: str, now: float) -> str:
-    """A cookie value valid for :data:`SESSION_S` seconds; it does not contain the token."""
+def issue_session(token: str, now: float) -> Session:
+    """A new session valid for :data:`SESSION_S` seconds; its cookie does not hold the token."""
     expires = int(now) + SESSION_S
-    return f"{expires}.{_session_mac(token, expires)}"
+    session_id = secrets.token_urlsafe(18)
+    mac = _session_mac(token, expires, session_id)
+    return Session(f"{expires}.{session_id}.{mac}", session_key(session_id), float(expires))
 
 
-def session_valid(token: str, value: str, now: float) -> bool:
-    """True when ``value`` was issued for ``token`` and has not expired."""
-    stamp, _, mac = value.partition(".")
+def session_of(token: str, value: str, now: float) -> str | None:
+    """The database key of the session ``value`` names, when it was issued for ``token``
+    and has not expired; else None. Whether it was logged out is the database's to say."""
+    parts = value.split(".")
+    if len(parts) != 3:
+        return None
+    stamp, session_id, mac = parts
     expires = parse_uint(stamp)
-    if expires is None or not mac:
-        return False
-    good = hmac.compare_digest(_session_mac(token, expires).encode(), mac.encode())
-    return good and now < expires
+    if expires is None or not session_id or not mac:
+        return None
+    good = hmac.compare_digest(_session_mac(token, expires, session_id).encode(), mac.encode())
+    return session_key(session_id) if good and now < expires else None
 
 
 def authenticate(
@@ -101,23 +125,33 @@ def authenticate(
             return Caller(fingerprint(token), "bearer")
     elif allow_cookie:
         cookie = request.cookies.get(COOKIE_NAME)
-        if cookie and session_valid(token, cookie, now):
-            return Caller(fingerprint(token), "cookie")
+        session = session_of(token, cookie, now) if cookie else None
+        if session is not None:
+            return Caller(fingerprint(token), "cookie", session)
     return error(401, "unauthorized", BAD_TOKEN_MESSAGE, {"WWW-Authenticate": "Bearer"})
 
 
+def _first(request: Request, header: str) -> str:
+    return request.headers.get(header, "").split(",")[0].strip().lower()
+
+
 def same_origin(request: Request) -> bool:
-    """CSRF check for the page's form posts: ``Origin`` (or ``Referer``) names this host.
+    """CSRF check for the page's form posts: ``Origin`` (or ``Referer``) names this
+    scheme and host.
 
     Browsers send ``Origin`` on every form POST; the cookie is also ``SameSite=Strict``,
     so this is a second wall. A post with neither header is refused. The host may be the
-    ``Host`` header or, behind a proxy that rewrites it, ``X-Forwarded-Host``: a page on
-    another site cannot set either on a browser's request.
+    ``Host`` header or, behind a proxy that rewrites it, ``X-Forwarded-Host``, and the
+    scheme the request's or the proxy's ``X-Forwarded-Proto``: a page on another site
+    cannot set any of them on a browser's request. The scheme counts because a page
+    served over plain HTTP on the same host (another port's service, or a network
+    attacker's answer) is not this origin.
     """
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source or source == "null":
         return False
-    origin = urlsplit(source).netloc.lower()
-    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0]
-    hosts = {h.strip().lower() for h in (request.headers.get("host", ""), forwarded)}
-    return bool(origin) and origin in hosts - {""}
+    parts = urlsplit(source)
+    origin = parts.netloc.lower()
+    hosts = {_first(request, "host"), _first(request, "x-forwarded-host")} - {""}
+    schemes = {request.url.scheme, _first(request, "x-forwarded-proto")} - {""}
+    return bool(origin) and origin in hosts and parts.scheme.lower() in schemes

@@ -25,7 +25,13 @@ from starlette.datastructures import URL
 from starlette.types import Receive, Scope, Send
 
 from receiver.errors import SignatureError
-from receiver.hubspot.payload import BadBatch, parse_body, to_new_events
+from receiver.hubspot.payload import (
+    SLICE,
+    BadBatch,
+    parse_body,
+    to_new_events,
+    to_new_events_yielding,
+)
 from receiver.hubspot.signature import verify
 from receiver.ops.logging import get_logger, request_id
 from receiver.web.context import AppContext
@@ -209,7 +215,8 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
         items = parse_body(body)
     except BadBatch as exc:
         return error(400, "bad_request", sentence(str(exc)))
-    events = to_new_events(items)
+    # A large batch is validated in slices between which other requests get the loop.
+    events = to_new_events(items) if len(items) <= SLICE else await to_new_events_yielding(items)
     m = ctx.metrics
     # Counted before the commit: "received" is every event of a signed, parsed request,
     # including those of a request the store then refuses.

@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
 from receiver.models import (
     OPEN_STATES,
     REPLAYABLE_STATES,
@@ -38,7 +36,7 @@ from receiver.models import (
 )
 from receiver.store.base import IngestResult, ReplayRefusal, split_replayable
 from receiver.store.replay import purge_in_chunks, replay_in_chunks
-from receiver.store.rows import history_outcome, storable
+from receiver.store.rows import history_outcome, raw_document, storable
 from tests.fakes.memory_jobs import InMemoryJobs
 
 
@@ -73,6 +71,7 @@ class InMemoryStore(InMemoryJobs):
         self.contacts: dict[int, ContactState] = {}
         self.leases: dict[int, tuple[str, float]] = {}
         self.records_held: dict[tuple[str, str], TargetRecord] = {}
+        self.admin_sessions: dict[str, float] = {}
         self.claims = 0
         self.records = 0
         self.synced_at: float | None = None
@@ -127,7 +126,7 @@ class InMemoryStore(InMemoryJobs):
                     updated_at=now,
                     target_kind=None,
                     target_id=None,
-                    raw=orjson.loads(new.raw),
+                    raw=raw_document(new.raw),
                 )
             )
             invalid += bad
@@ -177,9 +176,16 @@ class InMemoryStore(InMemoryJobs):
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
-        """Apply outcomes and contact state, then release ``owner``'s leases."""
+    ) -> list[int]:
+        """Apply outcomes and contact state, then release ``owner``'s leases; the
+        contacts of ``release`` whose lease ``owner`` lost are refused and returned."""
         self.records += 1
+        refused = sorted(
+            i for i in set(release)
+            if not (self.leases.get(i, ("", 0.0))[0] == owner and self.leases[i][1] > now)
+        )  # fmt: skip
+        outcomes = [o for o in outcomes if self.rows[o.event_id].event.object_id not in refused]
+        contacts = [c for c in contacts if c.object_id not in refused]
         outcomes, contacts = storable(outcomes, contacts)
         for o in outcomes:
             row = self.rows[o.event_id]
@@ -205,12 +211,29 @@ class InMemoryStore(InMemoryJobs):
             if o.state == "synced":
                 self.synced_at = now
         for c in contacts:
-            self.contacts[c.object_id] = ContactState(
-                c.object_id, c.kind, c.target_id, c.stage, c.last_occurred_at, c.record_digest
+            old = self.contacts.get(c.object_id)
+            newer = (
+                old is None
+                or old.last_occurred_at is None
+                or c.last_occurred_at is None
+                or c.last_occurred_at >= old.last_occurred_at
             )
+            if newer:
+                latest = max(
+                    (
+                        t
+                        for t in (c.last_occurred_at, old.last_occurred_at if old else None)
+                        if t is not None
+                    ),
+                    default=None,
+                )
+                self.contacts[c.object_id] = ContactState(
+                    c.object_id, c.kind, c.target_id, c.stage, latest, c.record_digest
+                )
         for object_id in release:
             if self.leases.get(object_id, ("", 0.0))[0] == owner:
                 del self.leases[object_id]
+        return refused
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest next attempt time among open events."""
@@ -410,3 +433,18 @@ class InMemoryStore(InMemoryJobs):
             )
         groups.sort(key=lambda g: (-g.count, g.code))
         return groups[:limit]
+
+    # -- admin page sessions -----------------------------------------------------------
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Remember a login; forget the expired ones."""
+        self.admin_sessions = {k: v for k, v in self.admin_sessions.items() if v > now}
+        self.admin_sessions[session_id] = expires_at
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Whether a login is remembered and has not expired."""
+        return self.admin_sessions.get(session_id, now) > now
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Forget a login."""
+        self.admin_sessions.pop(session_id, None)

@@ -2,8 +2,10 @@
 schema, and the in-memory store of the unit tests (``tests/fakes/memory_store.py``), which
 must behave as the real ones do.
 
-The PostgreSQL parameter needs ``STAGESYNC_TEST_POSTGRES_DSN`` and is skipped, with that
-reason shown, when it is unset. Each PostgreSQL test gets its own schema (selected with
+The PostgreSQL parameter uses ``STAGESYNC_TEST_POSTGRES_DSN``, or when that is unset, a
+throwaway cluster the session starts itself when the PostgreSQL server programs are
+installed (:mod:`tests.support.postgres_cluster`); without either it is skipped, the
+reason saying why. Each PostgreSQL test gets its own schema (selected with
 ``search_path`` in the DSN), dropped afterwards, so tests never see each other's rows.
 """
 
@@ -24,16 +26,17 @@ from receiver.store.base import EventStore
 from receiver.store.factory import make_store
 from receiver.store.postgres.store import PostgresStore
 from tests.fakes.memory_store import InMemoryStore
+from tests.support.postgres_cluster import session_cluster
 
 DSN_ENV = "STAGESYNC_TEST_POSTGRES_DSN"
-SKIP_REASON = f"{DSN_ENV} is not set: the PostgreSQL store tests need a database"
+SKIP_REASON = f"{DSN_ENV} is not set and no throwaway PostgreSQL cluster could be started"
 
 
 def postgres_dsn() -> str:
-    """The test database's DSN; skips the test when it is not configured."""
-    dsn = os.environ.get(DSN_ENV)
+    """The test database's DSN; skips the test when there is none."""
+    dsn = os.environ.get(DSN_ENV) or session_cluster.dsn()
     if not dsn:
-        pytest.skip(SKIP_REASON)
+        pytest.skip(f"{SKIP_REASON}: {session_cluster.unavailable}")
     return dsn
 
 

@@ -25,8 +25,9 @@ from tests.support.webhooks import event, signed
 TOKEN = "admin-token-for-tests-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EVENT_KEYS = {
-    "id", "state", "reason", "object_id", "subscription_type", "stage", "attempts",
-    "last_error", "received_at", "updated_at", "target_kind", "target_id", "raw",
+    "id", "state", "reason", "object_id", "subscription_type", "stage",
+    "attempts", "attempts_since_replay", "last_error", "received_at", "updated_at",
+    "target_kind", "target_id", "raw",
 }  # fmt: skip
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 WAIT_S = 5.0
@@ -352,6 +353,7 @@ async def test_replaying_a_failed_event_answers_202_and_it_syncs_again(svc: Serv
     assert doc["last_error"] is None
     assert doc["target_kind"] == "lead"
     assert [h["outcome"] for h in doc["history"]] == ["failed", "synced"]
+    assert (doc["attempts"], doc["attempts_since_replay"]) == (2, 1)
     records = await svc.ctx.store.list_records("lead")
     assert [r.hubspot_id for r in records] == ["5"]
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from structlog.testing import capture_logs
@@ -185,6 +186,48 @@ async def test_logging_in_sets_an_httponly_strict_cookie_that_does_not_hold_the_
         assert login_redirect(await p.get("/admin/"))
 
 
+async def test_logging_out_ends_the_session_for_every_copy_of_its_cookie(tmp_path: Path) -> None:
+    async with page(tmp_path) as p:
+        await p.login()
+        captured = p.http.cookies[COOKIE_NAME]
+        await p.login()  # a second session, in "another browser"
+        other = p.http.cookies[COOKIE_NAME]
+        assert captured != other
+        p.http.cookies.clear()
+        p.http.cookies.set(COOKIE_NAME, captured, domain="127.0.0.1", path="/admin")
+        assert (await p.get("/admin/")).status_code == 200
+        assert (await p.post("/admin/logout", **p.origin)).status_code == 303
+
+        # The captured value, sent again after the logout, opens nothing.
+        p.http.cookies.set(COOKIE_NAME, captured, domain="127.0.0.1", path="/admin")
+        assert login_redirect(await p.get("/admin/"))
+        assert (await p.http.get(f"{p.base}/admin/")).json()["error"] == "unauthorized"
+        assert (await p.post("/admin/replay-failed", **p.origin)).status_code == 401
+        assert (await p.get("/admin/login")).status_code == 200  # the form, not a redirect
+        # The other session lives on.
+        p.http.cookies.clear()
+        p.http.cookies.set(COOKIE_NAME, other, domain="127.0.0.1", path="/admin")
+        assert (await p.get("/admin/")).status_code == 200
+
+
+async def test_json_admin_answers_are_not_cached_or_sniffed(tmp_path: Path) -> None:
+    async with page(tmp_path) as p:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        answers = [
+            await p.http.get(f"{p.base}/admin/events", headers=bearer),
+            await p.http.get(f"{p.base}/admin/events/999", headers=bearer),
+            await p.http.get(f"{p.base}/admin/events"),  # 401
+            await p.http.post(f"{p.base}/admin/replay", headers=bearer, content=b"[]"),
+            await p.http.get(f"{p.base}/admin/"),  # the page's JSON 401
+            await p.http.post(f"{p.base}/admin/logout", headers={"Origin": "https://evil"}),
+        ]
+        assert [a.status_code for a in answers] == [200, 404, 401, 400, 401, 403]
+        for answer in answers:
+            assert answer.headers["content-type"].startswith("application/json")
+            assert answer.headers["cache-control"] == "no-store"
+            assert answer.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_a_session_expires_and_a_forged_cookie_is_refused(tmp_path: Path) -> None:
     async with page(tmp_path) as p:
         await p.login()
@@ -223,14 +266,24 @@ async def test_login_and_form_posts_from_another_origin_are_refused(tmp_path: Pa
         assert same_site.status_code == 303
         await p.wait_state(1, "synced")
 
-        # Behind a proxy that rewrites Host, the public host comes in X-Forwarded-Host.
+        # The scheme is part of the origin: a plain-HTTP page on this host is another site.
+        other_scheme = p.base.replace("http://", "https://")
+        for headers in ({"Origin": other_scheme}, {"Referer": f"{other_scheme}/admin/"}):
+            assert (await p.post("/admin/replay-failed", **headers)).status_code == 403
+        assert await p.state(1) == "synced"
+
+        # Behind a proxy that rewrites Host, the public host comes in X-Forwarded-Host, and
+        # the public scheme in X-Forwarded-Proto.
         await p.make_failed(2)
         proxied = {
             "Host": "stagesync.internal:8000",
             "X-Forwarded-Host": "hooks.example.com",
             "Origin": "https://hooks.example.com",
         }
-        assert (await p.post("/admin/replay-failed", **proxied)).status_code == 303
+        plain = {**proxied, "X-Forwarded-Proto": "http"}
+        assert (await p.post("/admin/replay-failed", **plain)).status_code == 403
+        secure = {**proxied, "X-Forwarded-Proto": "https"}
+        assert (await p.post("/admin/replay-failed", **secure)).status_code == 303
         await p.wait_state(2, "synced")
 
 
@@ -388,3 +441,30 @@ async def test_replay_all_failed_from_the_page_replays_every_failed_event(tmp_pa
         [line] = [e for e in logs if e["event"] == "replay_requested"]
         assert line["count"] == 3 and line["filter"]["state"] == "failed"
         assert TOKEN not in repr(logs)
+
+
+async def test_secrets_echoed_by_the_target_show_nowhere_in_the_api_or_the_page(
+    tmp_path: Path,
+) -> None:
+    async with page(tmp_path) as p:
+        target = p.ctx.dispatcher.target
+
+        async def echoed(requests: list[Any]) -> list[Any]:
+            message = f"proxy echoed secret={SECRET}&token={quote(TOKEN + '/x', safe='')}"
+            return [PermanentError(f"E_{SECRET}", message) for _ in requests]
+
+        target.upsert_batch = echoed
+        try:
+            await p.send([event(31, "lead")])
+            await p.settled()
+        finally:
+            del target.upsert_batch
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        listed = await p.http.get(f"{p.base}/admin/events?state=failed", headers=bearer)
+        (failed,) = listed.json()["events"]
+        assert failed["last_error"]["code"] == "E_[redacted]"
+        shown = await p.http.get(f"{p.base}/admin/events/{failed['id']}", headers=bearer)
+        view = await p.get(f"/admin/view/{failed['id']}", **bearer)
+        for text in (listed.text, shown.text, view.text):
+            assert SECRET not in text and quote(TOKEN, safe="") not in text
+            assert "[redacted]" in text

@@ -27,8 +27,9 @@ from tests.support.process import ServiceProcess, run_cli
 
 LEAD, CONTACT = 777, 778
 EVENT_KEYS = {
-    "id", "state", "reason", "object_id", "subscription_type", "stage", "attempts",
-    "last_error", "received_at", "updated_at", "target_kind", "target_id", "raw",
+    "id", "state", "reason", "object_id", "subscription_type", "stage",
+    "attempts", "attempts_since_replay", "last_error", "received_at", "updated_at",
+    "target_kind", "target_id", "raw",
 }  # fmt: skip
 RECORD_KEYS = {"hubspot_id", "kind", "target_id", "fields", "upserted_at"}
 DEMO_ENV = {"STAGESYNC_HUBSPOT_CLIENT_SECRET": DEMO_SECRET}
@@ -321,8 +322,8 @@ def test_corrupt_database_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_serve_freezes_start_up_objects_and_raises_the_first_gc_threshold() -> None:
     # In a process of its own: the test run's collector must stay as it is.
     probe = (
-        "import gc; from receiver.cli.main import GC_GEN0_THRESHOLD, _tune_gc; "
-        "before = gc.get_freeze_count(); _tune_gc(); "
+        "import gc; from receiver.cli.serve import GC_GEN0_THRESHOLD, tune_gc; "
+        "before = gc.get_freeze_count(); tune_gc(); "
         "print(gc.get_threshold()[0] == GC_GEN0_THRESHOLD > 700, gc.get_freeze_count() > before)"
     )
     done = subprocess.run(

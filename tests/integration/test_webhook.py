@@ -19,6 +19,7 @@ import structlog
 from hubspot.utils.signature import Signature  # type: ignore[import-untyped]
 
 from receiver.models import EventFilter, StoredEvent
+from receiver.nesting import MAX_EVENT_DEPTH, deeper_than
 from receiver.ops.logging import StdlibHandler, configure_logging
 from receiver.web.app import create_app
 from receiver.web.context import AppContext
@@ -367,24 +368,28 @@ async def test_a_declared_size_past_int64_is_refused_at_once_not_awaited(
     assert status_line.startswith(b"HTTP/1.1 413")
 
 
-async def test_an_event_nested_deeper_than_orjson_writes_does_not_cost_its_batch(
+async def test_an_event_nested_past_the_bound_is_invalid_and_does_not_cost_its_batch(
     service: Service,
 ) -> None:
-    # orjson reads 1,024 levels but writes only 254: re-serialising such an event was a
-    # 500, and HubSpot's retries of the batch failed the same way, its good events too.
+    # HubSpot's events are flat. A deep one (orjson reads 1,024 levels but writes only
+    # 254, and answers nest the payload deeper still) is stored invalid, cut to the bound.
     def with_extra(ev: dict[str, Any], depth: int) -> bytes:
         return orjson.dumps(ev)[:-1] + b',"extra":' + b"[" * depth + b"]" * depth + b"}"
 
-    body = b"[" + orjson.dumps(event(1, "lead")) + b"," + with_extra(event(2, "lead"), 300) + b"]"
-    response = await service.send(body)
-    assert response.status_code == 200 and response.json() == counts(2)
-    stored = {e.object_id: e for e in await service.stored()}
-    assert stored[2].raw["extra"] == orjson.loads(b"[" * 300 + b"]" * 300)
+    for depth in (MAX_EVENT_DEPTH, 300, 1_020):
+        body = b"[" + orjson.dumps(event(1, "lead")) + b"," + with_extra(event(2, "lead"), depth)
+        response = await service.send(body + b"]")
+        assert response.status_code == 200 and response.json() == counts(1, invalid=1), depth
+    invalid = [e for e in await service.stored() if e.state == "invalid"]
+    assert len(invalid) == 3
+    for stored in invalid:
+        assert f"more than {MAX_EVENT_DEPTH} levels" in (stored.last_error_message or "")
+        assert not deeper_than(stored.raw, MAX_EVENT_DEPTH)
+        assert stored.raw["objectId"] == 2
 
-    # Past what even the standard library writes: stored as invalid, the rest accepted.
-    body = b"[" + orjson.dumps(event(3, "lead")) + b"," + with_extra(event(4, "lead"), 1_020) + b"]"
-    response = await service.send(body)
-    assert response.status_code == 200 and response.json() == counts(1, invalid=1)
+    # Exactly the bound, the event object included, is still an event.
+    body = b"[" + with_extra(event(3, "lead"), MAX_EVENT_DEPTH - 1) + b"]"
+    assert (await service.send(body)).json() == counts(1)
 
 
 async def test_a_batch_the_store_refuses_gets_503_and_still_counts_as_received(

@@ -15,12 +15,14 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from receiver.dispatch.dispatcher import Dispatcher
 from receiver.dispatch.work import WAITING_CODE
 from receiver.errors import RateLimited
 from receiver.hubspot.payload import to_new_events
 from receiver.models import StoredEvent
+from receiver.ops.metrics import Metrics
 from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
 from receiver.sync.mapping import hubspot_properties
 from receiver.sync.retry import RetryPolicy
@@ -429,6 +431,28 @@ async def test_a_permanent_error_fails_after_one_attempt_keeping_the_reason() ->
         assert done.stage == "lead" and done.target_kind is None
 
 
+async def test_secrets_an_upstream_echoes_are_scrubbed_from_stored_errors() -> None:
+    secret = "sf-client/secret+value=1"
+    encoded = "sf-client%2fsecret%2Bvalue%3D1"  # lower- and upper-case escapes
+    target = ScriptedTarget()
+    target.fail_calls(transient(f"proxy_{secret}"))
+    target.fail_record(19, permanent(f"BAD_{encoded}", f"gateway said: {secret} / {encoded}"))
+    async with running(target=target, secrets=["unused-token", secret]) as rig:
+        (eid,) = await rig.send(stage_event(19, "lead"))
+        await rig.final(eid, states=("retrying",))
+        await rig.retry_now(eid)
+        (done,) = await rig.final(eid)
+        history = await rig.store.history(eid)
+    stored = [done.last_error_code, done.last_error_message]
+    stored += [t for h in history for t in (h.error_code, h.error_message)]
+    assert done.state == "failed" and len(history) == 2
+    assert done.last_error_message == "gateway said: [redacted] / [redacted]"
+    assert done.last_error_code == "BAD_[redacted]"
+    assert history[0].error_code == "proxy_[redacted]"
+    for text in stored:
+        assert "secret" not in (text or "").lower(), text
+
+
 async def test_running_out_of_attempts_fails_the_event() -> None:
     target = ScriptedTarget()
     target.fail_calls(*(transient() for _ in range(5)))
@@ -714,3 +738,28 @@ async def test_while_webhooks_keep_coming_claim_rounds_are_spaced_by_the_ingest_
 async def test_without_an_ingest_pace_the_next_round_follows_at_once() -> None:
     lone, both = await synced_after(0.0)
     assert lone < 0.4 and both < 0.4
+
+
+async def test_a_round_the_store_refuses_is_logged_counted_and_its_contact_claimed_again() -> None:
+    target = ScriptedTarget(gate=asyncio.Event())
+    metrics = Metrics()
+    async with running(target=target, metrics=metrics) as rig:
+        (eid,) = await rig.send(stage_event(40, "lead"))
+        await rig.until(lambda: target.calls == 1, what="the upsert in flight")
+        # Meanwhile another instance takes the contact over (this one froze, say).
+        rig.store.leases[40] = ("another-instance", T0 + 3600)
+        with capture_logs() as logs:
+            assert target.gate is not None
+            target.gate.set()
+            await rig.until(
+                lambda: metrics.registry.get_sample_value("stagesync_rounds_refused_total") == 1,
+                what="the refusal",
+            )
+        assert any(line["event"] == "record_refused_lease_lost" for line in logs)
+        assert (await rig.get(eid)).state == "pending"
+        assert await rig.store.history(eid) == []
+        del rig.store.leases[40]  # the other instance is done with it
+        rig.dispatcher.wake()
+        (done,) = await rig.final(eid)
+        assert done.state == "synced" and done.attempts == 1
+        assert [h.outcome for h in await rig.store.history(eid)] == ["synced"]

@@ -173,3 +173,12 @@ def test_the_attempt_that_reaches_max_attempts_fails(exc: BaseException) -> None
 def test_a_replayed_event_gets_a_fresh_budget() -> None:
     event = pending(attempts=10, attempt_floor=10)
     assert classify(TransientError("x", "y"), event, 10, POLICY, NOW).state == "retrying"
+
+
+def test_giving_up_after_a_replay_names_the_attempts_of_this_round_and_in_all() -> None:
+    event = pending(attempts=19, attempt_floor=10)
+    outcome = classify(TransientError("http_500", "down"), event, 10, POLICY, NOW)
+    assert outcome.state == "failed"
+    assert outcome.error_message == (
+        "down (gave up after 10 attempts since the last replay, 20 in all)"
+    )

@@ -3,7 +3,8 @@
 A claim locks each candidate contact's lease row with ``FOR UPDATE SKIP LOCKED`` and
 gives it an owner and an expiry in one transaction, so two instances never hold one
 contact. A record writes outcomes, history and contact state and releases the leases in
-one transaction.
+one transaction, fenced: it first locks the lease rows the recording owner still holds
+(unexpired), and writes nothing for the other contacts, which it returns as refused.
 
 Both commit with ``synchronous_commit = off``: they are bookkeeping, not acknowledged
 writes, so they do not make the webhook commits queue behind a WAL flush of their own.
@@ -79,13 +80,24 @@ async def record(
     contacts: Sequence[ContactUpdate],
     release: Sequence[int],
     now: float,
-) -> None:
-    """Record outcomes and contact state, and release leases, in one transaction."""
-    updates = q.merge_outcomes(outcomes)
-    history = history_rows(outcomes)
-    contact_rows = q.contact_rows(contacts)
+) -> list[int]:
+    """Record outcomes and contact state, and release leases, in one transaction; the
+    contacts of ``release`` whose lease ``owner`` lost are refused and returned."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(BOOKKEEPING)
+        refused: list[int] = []
+        if release:
+            contact_ids = sorted(set(release))
+            held = {r[0] for r in await conn.fetch(q.FENCE, contact_ids, owner, now)}
+            refused = [i for i in contact_ids if i not in held]
+        if refused:
+            ids = [o.event_id for o in outcomes]
+            theirs = {r[0] for r in await conn.fetch(q.EVENTS_OF, ids, refused)}
+            outcomes = [o for o in outcomes if o.event_id not in theirs]
+            contacts = [c for c in contacts if c.object_id not in set(refused)]
+        updates = q.merge_outcomes(outcomes)
+        history = history_rows(outcomes)
+        contact_rows = q.contact_rows(contacts)
         if updates:
             await conn.execute(q.RECORD_EVENTS, *q.columns(updates, 11), now)
         if history:
@@ -96,3 +108,4 @@ async def record(
             await conn.execute(q.RELEASE, sorted(set(release)), owner)
         if any(o.state == "synced" for o in outcomes):
             await conn.execute(q.MARK_SYNCED, now)
+    return refused

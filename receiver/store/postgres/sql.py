@@ -85,6 +85,18 @@ FROM picked WHERE l.object_id = picked.object_id
 RETURNING l.object_id
 """
 
+# The fence of a record: the contacts whose lease this owner still holds, locked until the
+# commit, so no claim (FOR UPDATE SKIP LOCKED) can take them while the round is written.
+# In id order, as every other statement locking several rows, so no two deadlock.
+FENCE = """
+SELECT object_id FROM contact_leases
+WHERE object_id = ANY($1::bigint[]) AND owner = $2 AND until > $3
+ORDER BY object_id FOR UPDATE
+"""
+EVENTS_OF = """
+SELECT id FROM events WHERE id = ANY($1::bigint[]) AND object_id = ANY($2::bigint[])
+"""
+
 RECORD_EVENTS = """
 UPDATE events AS e SET
     state = u.state, reason = u.reason, stage = coalesce(u.stage, e.stage),
@@ -111,8 +123,10 @@ SELECT u.*, $7 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5:
                            $6::text[]) AS u
 ON CONFLICT (object_id) DO UPDATE SET
     kind = excluded.kind, target_id = excluded.target_id, stage = excluded.stage,
-    last_occurred_at = excluded.last_occurred_at, record_digest = excluded.record_digest,
-    updated_at = excluded.updated_at
+    last_occurred_at = greatest(contacts.last_occurred_at, excluded.last_occurred_at),
+    record_digest = excluded.record_digest, updated_at = excluded.updated_at
+WHERE excluded.last_occurred_at IS NULL OR contacts.last_occurred_at IS NULL
+   OR excluded.last_occurred_at >= contacts.last_occurred_at
 """
 RELEASE = """
 UPDATE contact_leases SET owner = NULL, until = 0

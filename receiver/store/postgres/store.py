@@ -57,6 +57,7 @@ from receiver.store.postgres import bulk as bulk
 from receiver.store.postgres import dispatch as dispatch
 from receiver.store.postgres import failures as failures
 from receiver.store.postgres import records as records
+from receiver.store.postgres import sessions as sessions
 from receiver.store.postgres import sql as q
 from receiver.store.postgres import sync_settings as sync_settings
 from receiver.store.postgres.jobs import PostgresJobs
@@ -240,10 +241,10 @@ class PostgresStore(PostgresJobs):
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
+    ) -> list[int]:
         """Record outcomes and contact state, and release leases, in one transaction."""
         outcomes, contacts = storable(outcomes, contacts)
-        await dispatch.record(self.pool, owner, outcomes, contacts, release, now)
+        return await dispatch.record(self.pool, owner, outcomes, contacts, release, now)
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
@@ -376,3 +377,17 @@ class PostgresStore(PostgresJobs):
     async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
         """Failed events grouped by error code, largest group first."""
         return await failures.failure_groups(self.pool, samples, limit)
+
+    # -- admin page sessions -----------------------------------------------------------
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Remember a login until ``expires_at``; forget the expired ones."""
+        await sessions.start(self.pool, session_id, expires_at, now)
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Whether a login is remembered and has not expired."""
+        return await sessions.is_open(self.pool, session_id, now)
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Forget a login."""
+        await sessions.end(self.pool, session_id)

@@ -79,8 +79,22 @@ _UPSERT_CONTACTS_JSON = (
     " FROM json_each(?1) WHERE true"
     " ON CONFLICT(object_id) DO UPDATE SET kind = excluded.kind,"
     " target_id = excluded.target_id, stage = excluded.stage,"
-    " last_occurred_at = excluded.last_occurred_at, record_digest = excluded.record_digest,"
-    " updated_at = excluded.updated_at"
+    # max() of SQLite is NULL when either is: the later one, else whichever is known.
+    " last_occurred_at = coalesce(max(contacts.last_occurred_at, excluded.last_occurred_at),"
+    " contacts.last_occurred_at, excluded.last_occurred_at),"
+    " record_digest = excluded.record_digest, updated_at = excluded.updated_at"
+    " WHERE excluded.last_occurred_at IS NULL OR contacts.last_occurred_at IS NULL"
+    " OR excluded.last_occurred_at >= contacts.last_occurred_at"
+)
+# The fence of a record (the writer holds the lock, so nothing changes them meanwhile):
+# the contacts whose lease this owner still holds, and the events of the others.
+_HELD_JSON = (
+    "SELECT object_id FROM contact_leases"
+    " WHERE owner = ?2 AND until > ?3 AND object_id IN (SELECT value FROM json_each(?1))"
+)
+_EVENTS_OF_JSON = (
+    "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?1))"
+    " AND object_id IN (SELECT value FROM json_each(?2))"
 )
 _RELEASE_JSON = (
     "DELETE FROM contact_leases WHERE owner = ?2 AND object_id IN (SELECT value FROM json_each(?1))"
@@ -151,8 +165,22 @@ def record(
     contacts: Sequence[ContactUpdate],
     release: Sequence[int],
     now: float,
-) -> None:
-    """Record outcomes and contact state, and release leases: a statement per table."""
+) -> list[int]:
+    """Record outcomes and contact state, and release leases: a statement per table.
+
+    Fenced: the contacts of ``release`` whose lease ``owner`` lost are refused (nothing
+    of theirs is written) and returned.
+    """
+    refused: list[int] = []
+    if release:
+        contact_ids = sorted(set(release))
+        held = {r[0] for r in conn.execute(_HELD_JSON, (orjson.dumps(contact_ids), owner, now))}
+        refused = [i for i in contact_ids if i not in held]
+    if refused:
+        ids = orjson.dumps([o.event_id for o in outcomes])
+        theirs = {r[0] for r in conn.execute(_EVENTS_OF_JSON, (ids, orjson.dumps(refused)))}
+        outcomes = [o for o in outcomes if o.event_id not in theirs]
+        contacts = [c for c in contacts if c.object_id not in set(refused)]
     if outcomes:
         updates = [
             (o.state, o.reason, o.stage, 1 if o.counts_attempt else 0, o.error_code,
@@ -174,3 +202,4 @@ def record(
         conn.execute(_RELEASE_JSON, (orjson.dumps(list(release)), owner))
     if any(o.state == "synced" for o in outcomes):
         conn.execute(_LAST_SYNCED, (repr(now),))
+    return refused

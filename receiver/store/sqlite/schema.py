@@ -205,6 +205,13 @@ MIGRATIONS: list[list[str]] = [
         "INSERT INTO reconcile_state (id) VALUES (1)",
         "ALTER TABLE contacts ADD COLUMN record_digest TEXT",
     ],
+    # The admin page's sessions: a logout deletes its row, so its cookie dies with it.
+    [
+        """CREATE TABLE admin_sessions (
+               id TEXT PRIMARY KEY,
+               expires_at REAL NOT NULL
+           )""",
+    ],
 ]
 
 # Events of one contact (two placeholders for the same id): the listed ones through the

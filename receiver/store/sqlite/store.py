@@ -46,6 +46,7 @@ from receiver.store.rows import QmarkParams, event_from_row, storable
 from receiver.store.sqlite import bulk as sqlite_bulk
 from receiver.store.sqlite import dispatch as sqlite_dispatch
 from receiver.store.sqlite import failures as sqlite_failures
+from receiver.store.sqlite import sessions as sqlite_sessions
 from receiver.store.sqlite import sync_settings as sqlite_sync_settings
 from receiver.store.sqlite.checkpoint import Checkpointer
 from receiver.store.sqlite.ingest import SQLiteIngest
@@ -192,10 +193,12 @@ class SQLiteStore(SQLiteJobs):
         contacts: Sequence[ContactUpdate],
         release: Sequence[int],
         now: float,
-    ) -> None:
+    ) -> list[int]:
         """Record outcomes and contact state, and release leases, in one transaction."""
         outcomes, contacts = storable(outcomes, contacts)
-        await self._wr.transaction(sqlite_dispatch.record, owner, outcomes, contacts, release, now)
+        return await self._wr.transaction(
+            sqlite_dispatch.record, owner, outcomes, contacts, release, now
+        )
 
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
@@ -353,3 +356,18 @@ class SQLiteStore(SQLiteJobs):
     async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
         """Failed events grouped by error code, largest group first."""
         return await sqlite_failures.failure_groups(self._rc, samples, limit)
+
+    # -- admin page sessions -----------------------------------------------------------
+
+    async def start_admin_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Remember a login until ``expires_at``; forget the expired ones."""
+        await self._wr.transaction(sqlite_sessions.start, session_id, expires_at, now)
+
+    async def admin_session_open(self, session_id: str, now: float) -> bool:
+        """Whether a login is remembered and has not expired."""
+        async with self._rc.execute(sqlite_sessions.OPEN_SQL, (session_id, now)) as cur:
+            return await cur.fetchone() is not None
+
+    async def end_admin_session(self, session_id: str) -> None:
+        """Forget a login."""
+        await self._wr.transaction(sqlite_sessions.end, session_id)

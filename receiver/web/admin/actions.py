@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from receiver.models import OPEN_STATES, EventFilter, StoredEvent
 from receiver.ops.logging import get_logger
@@ -15,6 +16,15 @@ from receiver.web.context import AppContext
 from receiver.web.numbers import parse_uint
 
 log = get_logger("receiver.web.admin")
+
+# Answers name events and contacts: no cache keeps them, no browser guesses their type.
+ADMIN_JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def admin_json(response: Response) -> Response:
+    """``response`` with :data:`ADMIN_JSON_HEADERS`."""
+    response.headers.update(ADMIN_JSON_HEADERS)
+    return response
 
 
 async def page_of(

@@ -20,6 +20,7 @@ from receiver.ops.logging import get_logger
 from receiver.ops.presenters import event_json, history_json
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 from receiver.web.admin.actions import (
+    admin_json,
     audit,
     ctx_of,
     no_event_message,
@@ -47,6 +48,9 @@ def api_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Bearer-only authentication (no cookie, so no CSRF surface) and 400s for bad input."""
 
     async def endpoint(request: Request) -> Response:
+        return admin_json(await answer(request))
+
+    async def answer(request: Request) -> Response:
         ctx = ctx_of(request)
         caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=False)
         if isinstance(caller, Response):

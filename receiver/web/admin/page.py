@@ -1,8 +1,11 @@
 """The event-log page under ``/admin/``: server-rendered Jinja2, plain HTML and CSS, no JS.
 
 Access takes the admin token as a bearer header, or through the login form, which sets
-an HttpOnly, ``SameSite=Strict`` cookie holding a signed expiry (never the token). Form
-posts made with the cookie must also come from this origin (``Origin``/``Referer``).
+an HttpOnly, ``SameSite=Strict`` cookie holding a signed expiry and session id (never the
+token); the database remembers the session until its logout (see
+:mod:`receiver.web.auth`). Form posts made with the cookie must also come from this
+origin, scheme included (``Origin``/``Referer``), and their bodies are read with a limit
+(:mod:`receiver.web.admin.forms`).
 Pages showing an open event refresh themselves with a ``<meta>`` tag until it closes.
 """
 
@@ -23,10 +26,11 @@ from starlette.staticfiles import StaticFiles
 from receiver.dispatch.sync_settings import status_fields_of
 from receiver.models import OPEN_STATES, REPLAYABLE_STATES, STATES, EventFilter
 from receiver.ops.logging import get_logger
-from receiver.ops.presenters import event_json, history_json, iso
+from receiver.ops.presenters import event_json, history_json, iso, shown_raw
 from receiver.ops.status import backfill_json, build_status
 from receiver.store.health import STORAGE_UNAVAILABLE, storage_failure
 from receiver.web.admin.actions import (
+    admin_json,
     audit,
     ctx_of,
     no_event_message,
@@ -35,6 +39,7 @@ from receiver.web.admin.actions import (
     replay_one,
 )
 from receiver.web.admin.failures import failure_groups_json
+from receiver.web.admin.forms import MAX_FORM_BYTES, FormRefused, read_body, read_form
 from receiver.web.admin.params import BadParam, filter_json, parse_filter, parse_limit
 from receiver.web.auth import (
     COOKIE_NAME,
@@ -94,6 +99,14 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+def _refuse_form(request: Request, exc: FormRefused) -> Response:
+    answer = refuse(request, exc.status, exc.code, exc.message)
+    if exc.status == 413:
+        # The rest of the body may still be coming: kept alive, the server would read it.
+        answer.headers["Connection"] = "close"
+    return answer
+
+
 def refuse(request: Request, status: int, code: str, message: str) -> Response:
     """An error as a page for browsers, as the JSON error shape for everything else."""
     if status == 401 and _wants_html(request):
@@ -102,35 +115,62 @@ def refuse(request: Request, status: int, code: str, message: str) -> Response:
         return render("login.html", 401, message=None)
     if _wants_html(request):
         return render("message.html", status, title="stagesync", message=message)
-    return error(status, code, message)
+    return admin_json(error(status, code, message))
+
+
+async def _signed_in(request: Request, ctx: AppContext) -> Caller | Response:
+    """The caller, with a cookie's session checked against the database; or the refusal."""
+    caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
+    if isinstance(caller, Response):
+        code = "admin_disabled" if caller.status_code == 403 else "unauthorized"
+        message = NO_TOKEN_MESSAGE if code == "admin_disabled" else "Log in first."
+        return refuse(request, caller.status_code, code, message)
+    if caller.session is not None and not await ctx.store.admin_session_open(
+        caller.session, ctx.clock()
+    ):
+        return refuse(request, 401, "unauthorized", "Log in first.")  # logged out
+    return caller
+
+
+async def _guarded(request: Request, answer: Awaitable[Response]) -> Response:
+    """``answer``, or the refusal for a form that is too large or a database that failed."""
+    try:
+        return await answer
+    except FormRefused as exc:
+        return _refuse_form(request, exc)
+    except BadParam as exc:
+        return refuse(request, 400, "bad_request", exc.sentence())
+    except Exception as exc:
+        if not storage_failure(exc):
+            raise  # a bug: the app's handler answers the JSON 500
+        log.exception("admin_storage_failed", path=request.url.path)
+        return refuse(request, 503, "storage_unavailable", STORAGE_UNAVAILABLE)
 
 
 PageHandler = Callable[[Request, AppContext, Caller], Awaitable[Response]]
 
 
 def page_endpoint(
-    handler: PageHandler, *, post: bool = False
+    handler: PageHandler, *, post: bool = False, form_limit: int = MAX_FORM_BYTES
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Bearer or cookie authentication, plus the same-origin check on cookie posts."""
+    """Bearer or cookie authentication, plus the same-origin check on cookie posts.
+
+    A post's body is read up to ``form_limit`` bytes before the handler runs, which may
+    then parse it with :func:`~receiver.web.admin.forms.read_form_lists`.
+    """
 
     async def endpoint(request: Request) -> Response:
-        ctx = ctx_of(request)
-        caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
+        return await _guarded(request, run(request, ctx_of(request)))
+
+    async def run(request: Request, ctx: AppContext) -> Response:
+        caller = await _signed_in(request, ctx)
         if isinstance(caller, Response):
-            code = "admin_disabled" if caller.status_code == 403 else "unauthorized"
-            message = NO_TOKEN_MESSAGE if code == "admin_disabled" else "Log in first."
-            return refuse(request, caller.status_code, code, message)
+            return caller
         if post and caller.via == "cookie" and not same_origin(request):
             return refuse(request, 403, "cross_origin", "This form must be sent from this page.")
-        try:
-            return await handler(request, ctx, caller)
-        except BadParam as exc:
-            return refuse(request, 400, "bad_request", exc.sentence())
-        except Exception as exc:
-            if not storage_failure(exc):
-                raise  # a bug: the app's handler answers the JSON 500
-            log.exception("admin_storage_failed", path=request.url.path)
-            return refuse(request, 503, "storage_unavailable", STORAGE_UNAVAILABLE)
+        if post:
+            await read_body(request, form_limit)
+        return await handler(request, ctx, caller)
 
     endpoint.__name__ = handler.__name__
     return endpoint
@@ -211,7 +251,9 @@ async def view(request: Request, ctx: AppContext, caller: Caller) -> Response:
     return render(
         "event.html",
         event=_row(event),
-        raw=orjson.dumps(event.raw, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode(),
+        raw=orjson.dumps(
+            shown_raw(event.raw), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+        ).decode(),
         history=history_json(await ctx.store.history(event.id)),
         open=event.state in OPEN_STATES,
         replayed=_replayed(request),
@@ -243,33 +285,39 @@ async def replay_failed(request: Request, ctx: AppContext, caller: Caller) -> Re
 
 async def login_form(request: Request) -> Response:
     """``GET /admin/login``: the form (the index shows it too when not logged in)."""
-    ctx = ctx_of(request)
+    return await _guarded(request, _login_form(request, ctx_of(request)))
+
+
+async def _login_form(request: Request, ctx: AppContext) -> Response:
     if admin_token(ctx.settings) is None:
         return refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
-    caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
-    if isinstance(caller, Caller):
+    if isinstance(await _signed_in(request, ctx), Caller):
         return RedirectResponse("/admin/", status_code=303)
     return render("login.html", message=None)
 
 
 async def login(request: Request) -> Response:
     """``POST /admin/login``: check the token, set the session cookie, go to the page."""
-    ctx = ctx_of(request)
+    return await _guarded(request, _login(request, ctx_of(request)))
+
+
+async def _login(request: Request, ctx: AppContext) -> Response:
     token = admin_token(ctx.settings)
     if token is None:
         return refuse(request, 403, "admin_disabled", NO_TOKEN_MESSAGE)
     if not same_origin(request):
         return refuse(request, 403, "cross_origin", "This form must be sent from this page.")
-    form = await request.form(max_files=0, max_fields=4)
-    given = form.get("token")
-    await form.close()
-    if not isinstance(given, str) or not token_matches(given.strip(), token):
+    given = (await read_form(request)).get("token")
+    if given is None or not token_matches(given.strip(), token):
         log.warning("admin_login_failed")
         return render("login.html", 401, message="That is not the admin token.")
+    now = ctx.clock()
+    session = issue_session(token, now)
+    await ctx.store.start_admin_session(session.key, session.expires_at, now)
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         COOKIE_NAME,
-        issue_session(token, ctx.clock()),
+        session.cookie,
         max_age=SESSION_S,
         path="/admin",
         secure=request.url.scheme == "https",
@@ -280,10 +328,21 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """``POST /admin/logout``: drop the session cookie; from this page only."""
+    """``POST /admin/logout``: end the session in the database, drop the cookie; from
+    this page only."""
+    return await _guarded(request, _logout(request, ctx_of(request)))
+
+
+async def _logout(request: Request, ctx: AppContext) -> Response:
     if not same_origin(request):
         # Another site must not be able to log a user out, any more than in.
         return refuse(request, 403, "cross_origin", "This form must be sent from this page.")
+    await read_body(request)
+    caller = authenticate(request, ctx.settings, ctx.clock(), allow_cookie=True)
+    if isinstance(caller, Caller) and caller.session is not None:
+        # The cookie dies here, not only in this browser: a copy of it is refused too.
+        await ctx.store.end_admin_session(caller.session)
+        log.info("admin_logged_out", token_fingerprint=caller.fingerprint)
     response = RedirectResponse("/admin/", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="strict")
     return response

@@ -9,15 +9,16 @@ offers a backfill of those stages when this service has one (``POST /admin/backf
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.jobs.backfill import BackfillRefused, start_backfill
 from receiver.models import EventFilter, SyncValues
+from receiver.ops.logging import get_logger
 from receiver.sync.sync_settings import SYNC_NAMES, added_stages, clean_stages, holder_of
 from receiver.web.admin.actions import audit
+from receiver.web.admin.forms import read_form, read_form_lists
 from receiver.web.admin.page import page_endpoint, refuse, render
 from receiver.web.admin.params import BadParam, filter_json
 from receiver.web.admin.sync_settings import catalogue_for, save_values
@@ -25,16 +26,16 @@ from receiver.web.auth import Caller
 from receiver.web.context import AppContext
 from receiver.web.numbers import parse_uint
 
-BACKFILL_PATH = "/admin/backfill"
+log = get_logger("receiver.web.admin.sync_settings_page")
+
+BACKFILL_PATH = "/admin/sync/backfill"
 MAX_FIELDS = 500
+#: A settings form names each picked stage once: room for hundreds of stage ids.
+SAVE_FORM_BYTES = 64 * 1024
 
 
-def _backfill_available(request: Request) -> bool:
-    return any(
-        getattr(route, "path", None) == BACKFILL_PATH
-        and "POST" in (getattr(route, "methods", None) or ())
-        for route in request.app.routes
-    )
+def _backfill_available(ctx: AppContext) -> bool:
+    return ctx.backfills is not None  # a backfill reads HubSpot: it needs the token
 
 
 async def _screen(
@@ -89,7 +90,7 @@ async def _screen(
         saved=parse_uint(q.get("saved", "")),
         added=added,
         labels={s.id: s.label for s in catalogue.stages},
-        backfill=_backfill_available(request),
+        backfill=_backfill_available(ctx),
         backfill_path=BACKFILL_PATH,
     )
 
@@ -100,16 +101,20 @@ async def show(request: Request, ctx: AppContext, caller: Caller) -> Response:
     return await _screen(request, ctx, caller)
 
 
-def _form_values(form: Any) -> tuple[SyncValues, int]:
-    version = parse_uint(str(form.get("version", "")))
+def _first(form: dict[str, list[str]], name: str) -> str:
+    return form.get(name, [""])[0]
+
+
+def _form_values(form: dict[str, list[str]]) -> tuple[SyncValues, int]:
+    version = parse_uint(_first(form, "version"))
     if version is None:
         raise BadParam("the form lacks the version of the settings it changes; reload the page")
     return (
         SyncValues(
-            form.get("lead_sync") == "on",
-            form.get("contact_sync") == "on",
-            clean_stages([str(v) for v in form.getlist("lead_stages")]),
-            clean_stages([str(v) for v in form.getlist("contact_stages")]),
+            _first(form, "lead_sync") == "on",
+            _first(form, "contact_sync") == "on",
+            clean_stages(form.get("lead_stages", [])),
+            clean_stages(form.get("contact_stages", [])),
         ),
         version,
     )
@@ -117,11 +122,9 @@ def _form_values(form: Any) -> tuple[SyncValues, int]:
 
 async def save(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/sync``: check and save the form, then show the screen again."""
-    form = await request.form(max_files=0, max_fields=MAX_FIELDS)
-    try:
-        values, version = _form_values(form)
-    finally:
-        await form.close()
+    values, version = _form_values(
+        await read_form_lists(request, max_fields=MAX_FIELDS, limit=SAVE_FORM_BYTES)
+    )
     await ctx.sync_settings.refresh()
     result = await save_values(ctx, values, version, caller.fingerprint)
     if result.problems:
@@ -144,9 +147,7 @@ async def save(request: Request, ctx: AppContext, caller: Caller) -> Response:
 
 async def replay_group(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/replay-group``: replay every failed event with one error code."""
-    form = await request.form(max_files=0, max_fields=4)
-    code = form.get("error_code")
-    await form.close()
+    code = (await read_form(request)).get("error_code")
     if not isinstance(code, str) or not code or len(code) > 200:
         return refuse(request, 400, "bad_request", "Name the error code of the group.")
     flt = EventFilter(state="failed", error_code=code)
@@ -155,10 +156,37 @@ async def replay_group(request: Request, ctx: AppContext, caller: Caller) -> Res
     return RedirectResponse(f"/admin/?replayed={count}", status_code=303)
 
 
+async def start_backfill_of(request: Request, ctx: AppContext, caller: Caller) -> Response:
+    """``POST /admin/sync/backfill``: the screen's offer, a backfill of the stages added."""
+    form = await read_form_lists(request, max_fields=MAX_FIELDS, limit=SAVE_FORM_BYTES)
+    stages = clean_stages(form.get("stages", []))
+    if not stages:
+        return refuse(request, 400, "bad_request", "Name the stages to backfill.")
+    try:
+        job = await start_backfill(ctx.store, ctx.settings, stages, ctx.clock())
+    except BackfillRefused as exc:
+        return refuse(request, exc.status, exc.code, exc.message)
+    log.info(
+        "backfill_requested",
+        token_fingerprint=caller.fingerprint,
+        auth=caller.via,
+        job=job.id,
+        stages=list(job.stages),
+    )
+    if ctx.backfills is not None:
+        ctx.backfills.wake()
+    return RedirectResponse(f"/admin/?backfill={job.id}", status_code=303)
+
+
 def routes() -> list[BaseRoute]:
     """The screen's routes."""
     return [
         Route("/admin/sync", page_endpoint(show), methods=["GET"]),
-        Route("/admin/sync", page_endpoint(save, post=True), methods=["POST"]),
+        Route(
+            "/admin/sync",
+            page_endpoint(save, post=True, form_limit=SAVE_FORM_BYTES),
+            methods=["POST"],
+        ),
+        Route(BACKFILL_PATH, page_endpoint(start_backfill_of, post=True), methods=["POST"]),
         Route("/admin/replay-group", page_endpoint(replay_group, post=True), methods=["POST"]),
     ]
