@@ -276,6 +276,29 @@ async def test_the_admin_page_lists_backfills_with_their_counts(
     assert cells[3].startswith(f"{job['found']}<") and job["found"] == 20
 
 
+async def test_the_sync_settings_offer_starts_a_backfill_of_the_added_stages_from_the_page(
+    tmp_path: Path, database: Backend
+) -> None:
+    fake = portal(100)
+    async with service(tmp_path, database.url, fake) as svc:
+        html = {"Accept": "text/html", "Origin": svc.base}
+        login = await svc.http.post(svc.base + "/admin/login", data={"token": ADMIN}, headers=html)
+        assert login.status_code in (302, 303), login.text
+        offer = await svc.http.post(
+            svc.base + "/admin/sync/backfill", data={"stages": ["lead"]}, headers=html
+        )
+        assert offer.status_code == 303, offer.text
+        job_id = int(offer.headers["location"].rsplit("=", 1)[1])
+        job = await svc.until_job(job_id, "done")
+        forged = await svc.http.post(
+            svc.base + "/admin/sync/backfill",
+            data={"stages": ["lead"]},
+            headers={"Accept": "text/html", "Origin": "https://elsewhere.example"},
+        )
+    assert job["stages"] == ["lead"] and job["found"] == 20
+    assert forged.status_code == 403
+
+
 @pytest.mark.postgres
 async def test_two_instances_on_postgresql_run_one_backfill_and_one_reconcile_pass(
     tmp_path: Path, pg_dsn: str
