@@ -29,7 +29,7 @@ import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from receiver.models import NewEvent
-from receiver.nesting import MAX_EVENT_DEPTH, cut_to, deeper_than
+from receiver.ops.nesting import MAX_EVENT_DEPTH, cut_to, deeper_than
 
 LIFECYCLE_STAGE = "lifecyclestage"
 MERGE = "contact.merge"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from receiver.models import HistoryEntry, StoredEvent, TargetRecord
-from receiver.nesting import MAX_EVENT_DEPTH, cut_to, deeper_than
+from receiver.ops.nesting import MAX_EVENT_DEPTH, cut_to, deeper_than
 
 
 def iso(ts: float | None) -> str | None:

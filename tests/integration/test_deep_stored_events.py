@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from receiver.models import EventFilter, NewEvent
-from receiver.nesting import CUT, MAX_EVENT_DEPTH
+from receiver.ops.nesting import CUT, MAX_EVENT_DEPTH
 from receiver.store.base import EventStore
 from receiver.store.rows import UNREADABLE_RAW
 from receiver.web.app import create_app

@@ -19,8 +19,8 @@ import structlog
 from hubspot.utils.signature import Signature  # type: ignore[import-untyped]
 
 from receiver.models import EventFilter, StoredEvent
-from receiver.nesting import MAX_EVENT_DEPTH, deeper_than
 from receiver.ops.logging import StdlibHandler, configure_logging
+from receiver.ops.nesting import MAX_EVENT_DEPTH, deeper_than
 from receiver.web.app import create_app
 from receiver.web.context import AppContext
 from tests.conftest import SECRET, build_settings

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from receiver.nesting import MAX_EVENT_DEPTH
+from receiver.ops.nesting import MAX_EVENT_DEPTH
 from receiver.web.app import create_app
 from tests.conftest import SECRET, build_settings
 from tests.support.servers import running_server

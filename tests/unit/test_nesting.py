@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from receiver.nesting import CUT, cut_to, deeper_than
+from receiver.ops.nesting import CUT, cut_to, deeper_than
 
 
 def chain(levels: int, leaf: Any = 1) -> Any:
