@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from receiver.targets.settings import check_url, strip_secret
+from receiver.targets.settings import EnvOverFileSettings, check_url, strip_secret
 
 DEFAULT_TOKEN_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
 DEFAULT_ALTERNATE_KEY = "stagesync_hubspotcontactid"
@@ -15,7 +15,7 @@ DEFAULT_ALTERNATE_KEY = "stagesync_hubspotcontactid"
 MAX_CONCURRENCY = 50
 
 
-class DynamicsSettings(BaseSettings):
+class DynamicsSettings(EnvOverFileSettings):
     """Which Dataverse environment, and the app registration stagesync signs in as."""
 
     model_config = SettingsConfigDict(
@@ -33,18 +33,6 @@ class DynamicsSettings(BaseSettings):
     max_concurrency: int = Field(16, ge=1, le=MAX_CONCURRENCY)
     #: Upserts in one ``$batch`` request (Dataverse takes up to 1,000).
     batch_size: int = Field(200, ge=1, le=1000)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Values given to the constructor come from the TOML table: the environment wins.
-        return (env_settings, init_settings)
 
     @field_validator("url")
     @classmethod

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from receiver.targets.settings import check_url, strip_secret
+from receiver.targets.settings import EnvOverFileSettings, check_url, strip_secret
 from receiver.targets.webhook.signing import check_secret
 
 
-class WebhookSettings(BaseSettings):
+class WebhookSettings(EnvOverFileSettings):
     """Where the decisions are POSTed and the secret they are signed with."""
 
     model_config = SettingsConfigDict(
@@ -25,18 +25,6 @@ class WebhookSettings(BaseSettings):
     max_concurrency: int = Field(10, ge=1, le=100)
     #: Records one dispatch round takes; each is still its own POST.
     batch_size: int = Field(50, ge=1, le=500)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Values given to the constructor come from the TOML table: the environment wins.
-        return (env_settings, init_settings)
 
     @field_validator("url")
     @classmethod

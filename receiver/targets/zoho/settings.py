@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from receiver.targets.settings import check_url, strip_secret
+from receiver.targets.settings import EnvOverFileSettings, check_url, strip_secret
 
 DEFAULT_ACCOUNTS_URL = "https://accounts.zoho.com"
 DEFAULT_EXTERNAL_ID_FIELD = "HubSpot_Contact_ID"
@@ -15,7 +15,7 @@ DEFAULT_EXTERNAL_ID_FIELD = "HubSpot_Contact_ID"
 UPSERT_LIMIT = 100
 
 
-class ZohoSettings(BaseSettings):
+class ZohoSettings(EnvOverFileSettings):
     """The data centre's accounts server and the self client stagesync refreshes with."""
 
     model_config = SettingsConfigDict(
@@ -33,18 +33,6 @@ class ZohoSettings(BaseSettings):
     #: Zoho allows 5 (Free) to 25 (Ultimate) concurrent calls per org.
     max_concurrency: int = Field(5, ge=1, le=25)
     batch_size: int = Field(UPSERT_LIMIT, ge=1, le=UPSERT_LIMIT)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Values given to the constructor come from the TOML table: the environment wins.
-        return (env_settings, init_settings)
 
     @field_validator("api_domain")
     @classmethod
