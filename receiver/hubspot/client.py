@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from receiver.errors import AuthExpired, PermanentError, RateLimited, TransientError
+from receiver.hubspot.answers import CallReporter, text_of
 from receiver.hubspot.pacer import RequestPacer
 from receiver.ops.metrics import status_class
 
@@ -50,7 +51,6 @@ SECONDLY_WAIT_S = 1.0
 DAILY_RECHECK_S = 900.0
 
 _NOT_FOUND_CATEGORIES = frozenset({"OBJECT_NOT_FOUND", "NOT_FOUND"})
-_MAX_MESSAGE_CHARS = 300
 _SECONDS_PER_DAY = 86400.0
 
 Properties = dict[str, str | None]
@@ -107,10 +107,6 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 class HubSpotClient:
     """Reads contacts from the HubSpot CRM v3 API with a private-app token.
 
@@ -136,7 +132,7 @@ class HubSpotClient:
         self._url = self._base + BATCH_READ_PATH
         self._token = token
         self._pacer = pacer
-        self._on_call = on_call
+        self._report = CallReporter(token=token, label="HubSpot", on_call=on_call)
         # Unix time before which the DAILY limit is spent: no call goes out until then.
         self._daily_until = 0.0
         self._daily_message = ""
@@ -197,30 +193,32 @@ class HubSpotClient:
                 method, url, headers={"Authorization": f"Bearer {self._token}"}, **kwargs
             )
         except httpx.TimeoutException as exc:
-            raise self._network_error("timeout", f"{what} timed out", exc) from None
+            raise self._report.network_error("timeout", f"{what} timed out", exc) from None
         except httpx.ConnectError as exc:
-            raise self._network_error("connect_error", f"{what} could not connect", exc) from None
+            raise self._report.network_error(
+                "connect_error", f"{what} could not connect", exc
+            ) from None
         except httpx.TransportError as exc:
-            raise self._network_error("network_error", f"{what} failed", exc) from None
+            raise self._report.network_error("network_error", f"{what} failed", exc) from None
         finally:
             self._pacer.done()
 
         status = response.status_code
-        self._record(status_class(status))
+        self._report.record(status_class(status))
         if 200 <= status < 300:
             return response
         payload = _json_object(response) or {}
-        detail = self._detail(payload, response)
+        detail = self._report.detail(payload, response)
         if status == 429:
             raise self._rate_limited(payload, response, detail, now)
         if status >= 500 or status == 408:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
             raise TransientError(f"http_{status}", detail, retry_after=retry_after)
         if status == 401:
-            code = _text(payload.get("category")) or "http_401"
+            code = text_of(payload.get("category")) or "http_401"
             raise AuthExpired(code, detail)
         if 400 <= status < 500:
-            code = _text(payload.get("category")) or f"http_{status}"
+            code = text_of(payload.get("category")) or f"http_{status}"
             raise PermanentError(code, detail)
         raise TransientError(f"http_{status}", detail)
 
@@ -233,14 +231,16 @@ class HubSpotClient:
                 f"HubSpot batch read answered {response.status_code} without a results list",
             )
         for error in payload.get("errors") or []:
-            category = _text(error.get("category")) if isinstance(error, dict) else None
+            category = text_of(error.get("category")) if isinstance(error, dict) else None
             if category not in _NOT_FOUND_CATEGORIES:
                 # Not a plain "does not exist": marking those ids not-found could be
                 # wrong, so the whole chunk is tried again later.
-                message = _text(error.get("message")) if isinstance(error, dict) else None
+                message = text_of(error.get("message")) if isinstance(error, dict) else None
                 raise TransientError(
                     category or "batch_error",
-                    self._scrub(f"HubSpot batch read partly failed: {message or 'no message'}"),
+                    self._report.scrub(
+                        f"HubSpot batch read partly failed: {message or 'no message'}"
+                    ),
                 )
         found: dict[int, Properties] = {}
         for item in results:
@@ -263,10 +263,12 @@ class HubSpotClient:
     def _rate_limited(
         self, payload: dict[str, Any], response: httpx.Response, detail: str, now: float
     ) -> RateLimited:
-        policy = _text(payload.get("policyName"))
+        policy = text_of(payload.get("policyName"))
         delay = rate_limit_delay(policy, response.headers.get("Retry-After"), now)
-        code = _text(payload.get("errorType")) or "RATE_LIMIT"
-        message = self._scrub(f"{detail} (policy {policy or 'unknown'}, retry in {delay:.0f} s)")
+        code = text_of(payload.get("errorType")) or "RATE_LIMIT"
+        message = self._report.scrub(
+            f"{detail} (policy {policy or 'unknown'}, retry in {delay:.0f} s)"
+        )
         if (policy or "").upper() != "DAILY":
             # The rolling window is shared by every caller: hold them all, so that the
             # others do not earn a 429 of their own.
@@ -274,21 +276,3 @@ class HubSpotClient:
         else:
             self._daily_until, self._daily_message = now + delay, message
         return RateLimited(code, message, retry_after=delay)
-
-    def _detail(self, payload: dict[str, Any], response: httpx.Response) -> str:
-        message = _text(payload.get("message")) or response.reason_phrase or "no message"
-        if len(message) > _MAX_MESSAGE_CHARS:
-            message = message[:_MAX_MESSAGE_CHARS] + "..."
-        return self._scrub(f"HubSpot answered {response.status_code}: {message}")
-
-    def _network_error(self, code: str, what: str, exc: httpx.TransportError) -> TransientError:
-        self._record("error")
-        reason = str(exc) or type(exc).__name__
-        return TransientError(code, self._scrub(f"HubSpot {what}: {reason}"))
-
-    def _record(self, status_class: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status_class)
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "[redacted]")

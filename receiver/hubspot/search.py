@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from receiver.errors import AuthExpired, PermanentError, RateLimited, TransientError
+from receiver.hubspot.answers import CallReporter, text_of
 from receiver.hubspot.client import Properties, parse_retry_after, rate_limit_delay
 from receiver.hubspot.pacer import RequestPacer
 from receiver.ops.metrics import status_class
@@ -37,7 +38,6 @@ MAX_PAGE_SIZE = 200
 #: HubSpot allows 5 search calls a second per account; stay under it.
 SEARCH_CALLS_PER_S = 4
 OBJECT_ID = "hs_object_id"
-_MAX_MESSAGE_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +128,6 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {}
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 class ContactSearch:
     """Pages through HubSpot's contact search with a private-app token.
 
@@ -159,7 +155,7 @@ class ContactSearch:
         self._token = token
         self._pacer = pacer
         self._search_pacer = search_pacer or RequestPacer(SEARCH_CALLS_PER_S, 1.0)
-        self._on_call = on_call
+        self._report = CallReporter(token=token, label="HubSpot search", on_call=on_call)
         self.page_size = page_size
 
     def __repr__(self) -> str:
@@ -219,28 +215,28 @@ class ContactSearch:
             finally:
                 self._pacer.done()
         except httpx.TimeoutException as exc:
-            raise self._network_error("timeout", "timed out", exc) from None
+            raise self._report.network_error("timeout", "timed out", exc) from None
         except httpx.ConnectError as exc:
-            raise self._network_error("connect_error", "could not connect", exc) from None
+            raise self._report.network_error("connect_error", "could not connect", exc) from None
         except httpx.TransportError as exc:
-            raise self._network_error("network_error", "failed", exc) from None
+            raise self._report.network_error("network_error", "failed", exc) from None
         finally:
             self._search_pacer.done()
         status = response.status_code
-        self._record(status_class(status))
+        self._report.record(status_class(status))
         payload = _json_object(response)
         if status == 200:
             return payload
-        detail = self._detail(payload, response)
+        detail = self._report.detail(payload, response)
         if status == 429:
             raise self._rate_limited(payload, response, detail, now)
         if status >= 500 or status == 408:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
             raise TransientError(f"http_{status}", detail, retry_after=retry_after)
         if status == 401:
-            raise AuthExpired(_text(payload.get("category")) or "http_401", detail)
+            raise AuthExpired(text_of(payload.get("category")) or "http_401", detail)
         if 400 <= status < 500:
-            code = _text(payload.get("category")) or f"http_{status}"
+            code = text_of(payload.get("category")) or f"http_{status}"
             raise ClientError(code, detail, status)
         raise TransientError(f"http_{status}", detail)
 
@@ -260,7 +256,7 @@ class ContactSearch:
                 str(k): None if v is None else str(v)
                 for k, v in (props.items() if isinstance(props, dict) else ())
             }
-            updated = _text(item.get("updatedAt")) or properties.get("lastmodifieddate") or ""
+            updated = text_of(item.get("updatedAt")) or properties.get("lastmodifieddate") or ""
             updated_ms = parse_time_ms(updated)
             if updated_ms is None:
                 # A contact without a usable modification time cannot be ordered against
@@ -272,8 +268,8 @@ class ContactSearch:
     def _rate_limited(
         self, payload: dict[str, Any], response: httpx.Response, detail: str, now: float
     ) -> RateLimited:
-        policy = _text(payload.get("policyName"))
-        if policy is None and "secondly limit" in (_text(payload.get("message")) or ""):
+        policy = text_of(payload.get("policyName"))
+        if policy is None and "secondly limit" in (text_of(payload.get("message")) or ""):
             policy = "SECONDLY"  # the search limit's 429 names no policy
         delay = rate_limit_delay(policy, response.headers.get("Retry-After"), now)
         name = (policy or "").upper()
@@ -282,27 +278,11 @@ class ContactSearch:
             self._search_pacer.pause_for(delay)
             if name != "SECONDLY":
                 self._pacer.pause_for(delay)
-        code = _text(payload.get("errorType")) or "RATE_LIMIT"
-        message = self._scrub(f"{detail} (policy {policy or 'unknown'}, retry in {delay:.0f} s)")
+        code = text_of(payload.get("errorType")) or "RATE_LIMIT"
+        message = self._report.scrub(
+            f"{detail} (policy {policy or 'unknown'}, retry in {delay:.0f} s)"
+        )
         return RateLimited(code, message, retry_after=delay)
-
-    def _detail(self, payload: dict[str, Any], response: httpx.Response) -> str:
-        message = _text(payload.get("message")) or response.reason_phrase or "no message"
-        if len(message) > _MAX_MESSAGE_CHARS:
-            message = message[:_MAX_MESSAGE_CHARS] + "..."
-        return self._scrub(f"HubSpot search answered {response.status_code}: {message}")
-
-    def _network_error(self, code: str, what: str, exc: httpx.TransportError) -> TransientError:
-        self._record("error")
-        reason = str(exc) or type(exc).__name__
-        return TransientError(code, self._scrub(f"HubSpot search {what}: {reason}"))
-
-    def _record(self, status: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status)
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "[redacted]")
 
 
 def _next_after(payload: dict[str, Any]) -> str | None:
