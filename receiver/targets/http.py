@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+
+from receiver.errors import TransientError
 
 
 def status_class(status: int) -> str:
@@ -50,3 +53,34 @@ def retry_after(response: httpx.Response, now: float | None = None) -> float | N
 def body_excerpt(response: httpx.Response, chars: int = 200) -> str:
     """The start of the answer's body on one line, for an error message."""
     return " ".join(response.text.split())[:chars]
+
+
+async def counted_request(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    label: str,
+    on_call: Callable[[str], None] | None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One HTTP call to the CRM named ``label``, counted by status class in ``on_call``.
+
+    No answer at all (a timeout, a refused connection) is a ``TransientError``: counted as
+    ``error`` and retried later. The answer itself, whatever its status, is the caller's.
+    """
+    try:
+        response = await http.request(method, url, **kwargs)
+    except httpx.TimeoutException as exc:
+        if on_call is not None:
+            on_call("error")
+        raise TransientError("timeout", f"{label} {method} timed out") from exc
+    except httpx.RequestError as exc:
+        if on_call is not None:
+            on_call("error")
+        raise TransientError(
+            "connection_error", f"could not reach {label} ({type(exc).__name__})"
+        ) from exc
+    if on_call is not None:
+        on_call(status_class(response.status_code))
+    return response

@@ -53,7 +53,7 @@ from receiver.models import Kind
 from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
 from receiver.targets.dynamics import batch
 from receiver.targets.dynamics.settings import DynamicsSettings
-from receiver.targets.http import json_or_none, retry_after, status_class
+from receiver.targets.http import counted_request, json_or_none, retry_after
 from receiver.targets.oauth import Token, TokenSource
 
 ENTITY_SETS: dict[Kind, str] = {"lead": "leads", "contact": "contacts"}
@@ -116,7 +116,7 @@ class DynamicsTarget:
             label="Dynamics 365",
             token_url=settings.resolved_token_url,
             form=form,
-            on_call=self._count,
+            on_call=on_call,
         )
 
     def __repr__(self) -> str:
@@ -242,20 +242,16 @@ class DynamicsTarget:
         async def send(token: Token) -> httpx.Response:
             sent = {**_ODATA, **(headers or {}), "Authorization": f"Bearer {token.access_token}"}
             async with self._semaphore:
-                try:
-                    response = await self._http.request(
-                        method, url, json=json, content=content, headers=sent
-                    )
-                except httpx.TimeoutException as exc:
-                    self._count("error")
-                    raise TransientError("timeout", f"Dataverse {method} timed out") from exc
-                except httpx.RequestError as exc:
-                    self._count("error")
-                    raise TransientError(
-                        "connection_error", f"could not reach Dataverse ({type(exc).__name__})"
-                    ) from exc
-            self._count(status_class(response.status_code))
-            return response
+                return await counted_request(
+                    self._http,
+                    method,
+                    url,
+                    label="Dataverse",
+                    on_call=self._on_call,
+                    json=json,
+                    content=content,
+                    headers=sent,
+                )
 
         def still_refused(response: httpx.Response) -> UpstreamError:
             code, message = _error_body(json_or_none(response))
@@ -300,10 +296,6 @@ class DynamicsTarget:
         return UpsertResult(
             record_id or self._reference(request.kind, request.hubspot_id), created=status == 201
         )
-
-    def _count(self, status: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

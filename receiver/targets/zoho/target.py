@@ -49,7 +49,7 @@ from receiver.errors import (
 )
 from receiver.models import Kind
 from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
-from receiver.targets.http import json_or_none, retry_after, status_class
+from receiver.targets.http import counted_request, json_or_none, retry_after
 from receiver.targets.oauth import Token, TokenSource
 from receiver.targets.zoho.settings import ZohoSettings
 
@@ -120,7 +120,7 @@ class ZohoTarget:
             token_url=f"{settings.accounts_url}/oauth/v2/token",
             form=form,
             parse=_api_domain,
-            on_call=self._count,
+            on_call=on_call,
         )
 
     def __repr__(self) -> str:
@@ -257,20 +257,16 @@ class ZohoTarget:
                 "Accept": "application/json",
             }
             async with self._semaphore:
-                try:
-                    response = await self._http.request(
-                        method, url, json=json, params=params, headers=headers
-                    )
-                except httpx.TimeoutException as exc:
-                    self._count("error")
-                    raise TransientError("timeout", f"Zoho {method} timed out") from exc
-                except httpx.RequestError as exc:
-                    self._count("error")
-                    raise TransientError(
-                        "connection_error", f"could not reach Zoho ({type(exc).__name__})"
-                    ) from exc
-            self._count(status_class(response.status_code))
-            return response
+                return await counted_request(
+                    self._http,
+                    method,
+                    url,
+                    label="Zoho",
+                    on_call=self._on_call,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                )
 
         def still_refused(response: httpx.Response) -> UpstreamError:
             code, message = _code_message(json_or_none(response))
@@ -336,10 +332,6 @@ class ZohoTarget:
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         return (midnight - now).total_seconds()
-
-    def _count(self, status: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status)
 
 
 def _api_domain(body: Mapping[str, Any]) -> dict[str, str]:
