@@ -3,13 +3,16 @@
 Two stages run side by side. The *claim loop* leases contacts with due events, fetches
 their current properties from HubSpot in one batch read and plans each contact. *Target
 workers* (``concurrency`` of them, in :mod:`receiver.dispatch.workers`) take every ready
-job, up to the target's batch size, and make one call. Batching comes only from what
-piles up while a call is in flight: a lone event goes out at once. A claim is read while
-the loop waits, so the next batch gathers meanwhile; but a backlog (a full claim whose
-oldest event waited over ``BACKLOG_S``) is read in the background while the loop claims
-on, up to ``FULL_READS`` at once, so it drains at the rate the HubSpot pacer allows, not
-one round trip at a time. A fresh burst stays on one read at a time, which re-reads
-fewer contacts.
+job, up to the target's batch size, and make one call. A burst fills batches: while more
+of it is sure to come (:meth:`Dispatcher.more_coming`: the last claim was full, a claimed
+round is being read, or a batch's worth of webhook events came since the last claim),
+workers wait up to a second for a full batch of one kind; the burst's last round sends
+what is left. A lone event, or a trickle that never fills a claim, goes out as soon as a
+worker is free. A claim is read while the loop waits, so the next batch gathers
+meanwhile; but a backlog (a full claim whose oldest event waited over ``BACKLOG_S``) is
+read in the background while the loop claims on, up to ``FULL_READS`` at once, so it
+drains at the rate the HubSpot pacer allows, not one round trip at a time. A fresh burst
+stays on one read at a time, which re-reads fewer contacts.
 
 The claim loop is woken by each webhook commit and each recorded round (a released
 contact may have new events), and polls every second for due retries, CLI replays and
@@ -157,6 +160,11 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._in_flight = 0
+        #: Whether the last claim was full (more is due), claimed rounds not yet queued,
+        #: and webhook events stored since the last claim returned.
+        self._claim_full = False
+        self._reading = 0
+        self._arrived = 0
         self._leased: dict[int, Job] = {}
         #: Rate-limit answers from HubSpot in a row (the workers count the target's).
         self._hubspot_streak = 0
@@ -166,6 +174,7 @@ class Dispatcher:
             fail=self._fail_jobs,
             record=self._record,
             give_up=self._give_up,
+            more_coming=self.more_coming,
         )
         if self.workers.bulk_threshold > 0:
             # Room for one bulk group in its job while the next one forms, besides the
@@ -187,6 +196,10 @@ class Dispatcher:
         """Look for work now (called after each webhook commit)."""
         self._last_ingest = time.monotonic()
         self._wake.set()
+
+    def arrived(self, events: int) -> None:
+        """Count webhook events just stored (the webhook handler calls it after a commit)."""
+        self._arrived += events
 
     def start(self) -> None:
         """Start the claim loop and the target workers."""
@@ -211,7 +224,8 @@ class Dispatcher:
         held = [i for i, job in self._leased.items() if job.lease_until > now]
         self._leased.clear()
         self.workers.clear()
-        self._in_flight = 0
+        self._in_flight = self._reading = self._arrived = 0
+        self._claim_full = False
         if held:
             try:
                 await self.store.record(self.owner, [], [], held, now)
@@ -264,14 +278,25 @@ class Dispatcher:
             await asyncio.wait(self._reads, return_when=asyncio.FIRST_COMPLETED)
         now = self._claimed_at = self.clock()
         claimed = await self.store.claim(self.owner, now, self.lease_s, self.claim_size)
+        self._claim_full = len(claimed) >= self.claim_size
+        # Counted after the claim returns: events stored before it are in it (or leased).
+        self._arrived = 0
         if not claimed:
             self.workers.flush()  # the backlog is drained: what is staged goes now
+            self.workers.nudge()
             return False
-        routing = self.live_routing() if self.live_routing is not None else self.routing
-        jobs = []
-        for n, contact in enumerate(claimed, 1):
-            jobs.append(self._plan(contact, now, routing))
-            await _breathe(n)
+        # Counted until its jobs are queued (``_prepare``): workers wait for them.
+        self._reading += 1
+        try:
+            routing = self.live_routing() if self.live_routing is not None else self.routing
+            jobs = []
+            for n, contact in enumerate(claimed, 1):
+                jobs.append(self._plan(contact, now, routing))
+                await _breathe(n)
+        except BaseException:
+            self._reading -= 1
+            self.workers.nudge()
+            raise
         self._in_flight += len(jobs)
         for job in jobs:
             self._leased[job.object_id] = job
@@ -284,6 +309,13 @@ class Dispatcher:
         else:
             await self._prepare(jobs, now, routing)
         return True
+
+    def more_coming(self) -> bool:
+        """True while more of a due burst is sure to be queued soon: the last claim was
+        full, a claimed round is being read, or a batch's worth of events came since the
+        last claim; and there is room to claim them."""
+        coming = self._claim_full or self._reading > 0 or self._arrived >= self.target.batch_size
+        return coming and self._in_flight < self.max_in_flight
 
     def _backlog(self, claimed: Sequence[ClaimedContact], now: float) -> bool:
         if self.hubspot is None or len(claimed) < self.claim_size:
@@ -302,9 +334,18 @@ class Dispatcher:
     async def _prepare(
         self, jobs: list[Job], now: float, routing: RoutingConfig, *, backlog: bool = False
     ) -> None:
-        """Fetch and decide ``jobs``, queue the remote work, record what is done."""
+        """Fetch and decide ``jobs``, queue the remote work, record what is done.
+
+        The claim counted ``_reading`` up; it goes down here once the jobs are queued.
+        """
         try:
-            await self._resolve(jobs, now, routing)
+            try:
+                await self._resolve(jobs, now, routing)
+            finally:
+                self._reading -= 1
+                # Waiting workers look again once this task yields: by then what was
+                # read is queued (no await comes before ``put``).
+                self.workers.nudge()
             later = self.clock()
             done = [j for j in jobs if j.op is None]
             remote = [j for j in jobs if j.op is not None]

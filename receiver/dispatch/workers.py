@@ -12,10 +12,14 @@ The dispatcher owns what surrounds a call: how an error becomes an outcome (``fa
 recording a round (``record``) and dropping jobs unrecorded (``give_up``); it passes
 those in.
 
-Backfill and reconcile jobs come by the thousand and are nobody's webhook waiting: while
-only they are ready, a worker waits up to :data:`BULK_HOLD_S` for a full batch of one
-kind, so a backfill costs the CRM's API budget about one call per batch size. A webhook's
-job never waits, and takes the worker as before.
+A worker waits (up to :data:`HOLD_S`) for a fuller batch only when the wait buys one: no
+kind has a full batch ready, and more of the same work is sure to come. Backfill and
+reconcile jobs come by the thousand and are nobody's webhook waiting, so they always may
+wait. A webhook's job waits only while the dispatcher says more is coming
+(``more_coming``: its last claim was full, or a claimed round is still being read), that
+is, in the middle of a burst that is already due; the last round of the burst sends what
+is left at once. A webhook event on its own, or a trickle that never fills a claim, goes
+out at once: its claim was not full and nothing is being read.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from receiver.ops.logging import get_logger
 from receiver.sync.rules import SEARCH_TYPES
 from receiver.targets.base import BulkTarget, Target, UpsertResult
 
-#: Longest wait of bulk jobs for a full batch of their kind.
-BULK_HOLD_S = 1.0
+#: Longest wait of a worker for a full batch of one kind.
+HOLD_S = 1.0
 
 # The dispatcher's logger: these lines were always written under its name.
 log = get_logger("receiver.dispatch.dispatcher")
@@ -57,8 +61,11 @@ class TargetWorkers:
         fail: Fail,
         record: Record,
         give_up: GiveUp,
+        more_coming: Callable[[], bool] = lambda: False,
     ) -> None:
         self.target = target
+        #: True while more of a due burst is sure to reach ``put`` soon.
+        self.more_coming = more_coming
         self.clock = clock
         self.fail = fail
         self.record = record
@@ -126,22 +133,36 @@ class TargetWorkers:
                 # Leases expire and the contacts are claimed again: nothing is lost.
                 self.give_up(batch, "target_round_failed")
 
-    def _full_kind(self) -> bool:
-        """True when some kind has a full batch of bulk jobs ready, or a job is not bulk."""
+    def nudge(self) -> None:
+        """Have waiting workers look again (``more_coming`` may have turned False)."""
+        self._signal.set()
+
+    def _full_kind(self) -> str | None:
+        """A kind of upsert with a full batch ready, if any."""
         counts: dict[str, int] = {}
         for job in self.ready:
-            kind = _bulk_kind(job)
-            if kind is None:
-                return True
+            if job.op != "upsert" or job.request is None:
+                continue
+            kind = job.request.kind if self.target.one_kind_per_call else "upsert"
             counts[kind] = counts.get(kind, 0) + 1
             if counts[kind] >= self.target.batch_size:
-                return True
-        return False
+                return kind
+        return None
+
+    def _may_wait(self) -> bool:
+        """True while every ready job may wait for company and no batch is full."""
+        burst = self.more_coming()
+        for job in self.ready:
+            if job.op != "upsert" or job.request is None:
+                return False
+            if not burst and not _searched(job):
+                return False
+        return self._full_kind() is None
 
     async def _fill(self) -> None:
-        """While only bulk jobs are ready, wait (a while) for a full batch of one kind."""
-        deadline = time.monotonic() + BULK_HOLD_S
-        while self.ready and not self._full_kind():
+        """While every ready job may wait, wait (a while) for a full batch of one kind."""
+        deadline = time.monotonic() + HOLD_S
+        while self.ready and self._may_wait():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -155,13 +176,14 @@ class TargetWorkers:
         """Up to ``batch_size`` ready jobs, dropping those whose lease is half gone.
 
         For a target whose calls each carry one kind (Salesforce collections, Zoho
-        modules), the upserts taken are all of the kind of the first one ready; the others
-        stay queued, in order, for the next worker. A mixed take would cost that target
-        two half-full calls where one full one can go.
+        modules), the upserts taken are all of one kind: one with a full batch ready if
+        there is one, else the kind of the first job ready; the others stay queued, in
+        order, for the next worker. A mixed take would cost that target two half-full
+        calls where one full one can go.
         """
         batch: list[Job] = []
         passed: list[Job] = []
-        kind = None
+        kind = self._full_kind() if self.target.one_kind_per_call else None
         while self.ready and len(batch) < self.target.batch_size:
             job = self.ready.popleft()
             if not self._in_time(job, now):
@@ -247,9 +269,7 @@ class TargetWorkers:
         log.info("contact_deleted", event_id=event.id, contact_id=job.object_id, records=count)
 
 
-def _bulk_kind(job: Job) -> str | None:
-    """The record kind of a backfill or reconcile upsert; None for any other job."""
+def _searched(job: Job) -> bool:
+    """True for a backfill or reconcile job: found by a search, nobody's webhook."""
     carrier = job.plan.carrier
-    if job.op != "upsert" or carrier is None or carrier.subscription_type not in SEARCH_TYPES:
-        return None
-    return job.request.kind if job.request is not None else None
+    return carrier is not None and carrier.subscription_type in SEARCH_TYPES

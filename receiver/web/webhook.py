@@ -231,6 +231,7 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
     # Each inc takes a lock; most answers have no duplicates and no invalid events.
     if result.accepted:
         m.accepted.inc(result.accepted)
+        ctx.dispatcher.arrived(result.accepted)
     if result.duplicates:
         m.duplicate.inc(result.duplicates)
     if result.invalid:

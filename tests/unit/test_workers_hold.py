@@ -1,12 +1,14 @@
-"""Target workers and bulk jobs: backfill and reconcile upserts wait (briefly) for a full
-batch of one kind; a webhook's job never waits."""
+"""Target workers wait (briefly) for a full batch of one kind only when it buys one:
+backfill and reconcile upserts always may; a webhook's job only while more of its burst
+is coming."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -68,28 +70,48 @@ def job(object_id: int, stage: str, subscription_type: str = BACKFILL) -> Job:
     return result
 
 
-async def run_workers(target: RecordingTarget, jobs: list[Job], expect: int) -> None:
-    recorded: list[Job] = []
-    all_recorded = asyncio.Event()
+class Recorded(list[Job]):
+    """The jobs recorded so far, with a condition to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Condition()
+
+
+@asynccontextmanager
+async def workers_running(
+    target: RecordingTarget, more_coming: Callable[[], bool] = lambda: False
+) -> AsyncIterator[tuple[TargetWorkers, Recorded]]:
+    """Two workers over ``target``; yields them and the list of recorded jobs."""
+    recorded = Recorded()
 
     async def record(done: Sequence[Job]) -> None:
-        recorded.extend(done)
-        if len(recorded) >= expect:
-            all_recorded.set()
+        async with recorded.changed:
+            recorded.extend(done)
+            recorded.changed.notify_all()
 
     workers = TargetWorkers(
         target=target, clock=lambda: 0.0, fail=lambda *a: None, record=record,
-        give_up=lambda *a: None,
+        give_up=lambda *a: None, more_coming=more_coming,
     )  # fmt: skip
     tasks = [asyncio.create_task(workers.run()) for _ in range(2)]
     try:
-        workers.put(jobs)
-        async with asyncio.timeout(5):
-            await all_recorded.wait()
+        yield workers, recorded
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_recorded(recorded: Recorded, expect: int, within: float = 5.0) -> None:
+    async with asyncio.timeout(within), recorded.changed:
+        await recorded.changed.wait_for(lambda: len(recorded) >= expect)
+
+
+async def run_workers(target: RecordingTarget, jobs: list[Job], expect: int) -> None:
+    async with workers_running(target) as (workers, recorded):
+        workers.put(jobs)
+        await until_recorded(recorded, expect)
 
 
 async def test_bulk_jobs_go_out_in_full_batches_of_one_kind() -> None:
@@ -103,7 +125,7 @@ async def test_bulk_jobs_go_out_in_full_batches_of_one_kind() -> None:
 async def test_a_partial_bulk_batch_waits_a_moment_and_then_goes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(workers_module, "BULK_HOLD_S", 0.2)
+    monkeypatch.setattr(workers_module, "HOLD_S", 0.2)
     target = RecordingTarget()
     started = time.monotonic()
     await run_workers(target, [job(1, "lead"), job(2, "lead")], 2)
@@ -112,8 +134,48 @@ async def test_a_partial_bulk_batch_waits_a_moment_and_then_goes(
 
 
 async def test_a_webhook_job_never_waits_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(workers_module, "BULK_HOLD_S", 5.0)
+    monkeypatch.setattr(workers_module, "HOLD_S", 5.0)
     target = RecordingTarget()
     started = time.monotonic()
     await run_workers(target, [job(1, "lead", "contact.creation")], 1)
     assert target.at[0] - started < 1.0
+
+
+async def test_a_webhook_job_waits_for_company_while_more_of_its_burst_is_coming(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers_module, "HOLD_S", 5.0)
+    target = RecordingTarget()
+    async with workers_running(target, more_coming=lambda: True) as (workers, recorded):
+        workers.put([job(n, "lead", "contact.creation") for n in (1, 2)])
+        await asyncio.sleep(0.2)
+        assert target.batches == []
+        workers.put([job(n, "lead", "contact.creation") for n in (3, 4)])
+        await until_recorded(recorded, 4)
+    assert target.batches == [[("lead", str(n)) for n in (1, 2, 3, 4)]]
+
+
+async def test_waiting_webhook_jobs_go_once_nothing_more_is_coming(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers_module, "HOLD_S", 5.0)
+    target = RecordingTarget()
+    coming = [True]
+    async with workers_running(target, more_coming=lambda: coming[0]) as (workers, recorded):
+        workers.put([job(n, "lead", "contact.creation") for n in (1, 2)])
+        await asyncio.sleep(0.1)
+        assert target.batches == []
+        coming[0] = False
+        workers.nudge()
+        await until_recorded(recorded, 2, within=1.0)
+    assert target.batches == [[("lead", "1"), ("lead", "2")]]
+
+
+async def test_a_kind_with_a_full_batch_goes_before_a_partial_one_queued_first() -> None:
+    target = RecordingTarget()
+    jobs = [job(1, "lead", "contact.creation")]
+    jobs += [job(n, "customer", "contact.creation") for n in range(2, 6)]
+    async with workers_running(target, more_coming=lambda: True) as (workers, recorded):
+        workers.put(jobs)
+        await until_recorded(recorded, 4)
+        assert target.batches[0] == [("contact", str(n)) for n in range(2, 6)]
