@@ -37,10 +37,8 @@ timeouts). Those checks are on this process's clock, before an await: a process 
 lease again in the transaction that records, and refuses the contacts whose lease this
 owner lost; their rounds are logged, counted (``stagesync_rounds_refused``) and dropped,
 and the contacts are claimed again. A clean stop releases the leases still held, so a
-restart resumes at once.
-
-:func:`classify` (defined in :mod:`receiver.sync.retry`, exported here) is the one place where
-an error becomes a delay, a retry or ``failed``.
+restart resumes at once. Outcomes are put on jobs and recorded by
+:class:`~receiver.dispatch.recorder.RoundRecorder`.
 """
 
 from __future__ import annotations
@@ -50,23 +48,23 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Protocol
 
-from receiver.dispatch.work import Job
+from receiver.dispatch.recorder import FailureObserver, RoundRecorder
+from receiver.dispatch.work import Job, breathe
 from receiver.dispatch.workers import TargetWorkers
-from receiver.errors import AuthExpired, RateLimited, TokenRefused
-from receiver.models import ClaimedContact, ContactUpdate, Outcome
+from receiver.errors import RateLimited
+from receiver.models import ClaimedContact
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
 from receiver.ops.redaction import SecretScrubber
 from receiver.store.base import EventStore
 from receiver.sync.mapping import hubspot_properties
-from receiver.sync.retry import RetryPolicy, classify
+from receiver.sync.retry import RetryPolicy
 from receiver.sync.rules import RoutingConfig, carried_properties, plan_contact
 from receiver.targets.base import Target
 
-__all__ = ["ContactReader", "Dispatcher", "classify"]
+__all__ = ["ContactReader", "Dispatcher"]
 
 log = get_logger("receiver.dispatch.dispatcher")
 
@@ -81,22 +79,8 @@ START_WITHIN = 0.5
 FULL_READS = 3
 #: How long the oldest event of a full claim has waited when the claim is a backlog.
 BACKLOG_S = 1.0
-#: Contacts a round handles between two turns of the event loop.
-SLICE = 25
 #: While webhook commits keep coming, at most one claim round per this many seconds.
 INGEST_PACE_S = 0.1
-
-
-class FailureObserver(Protocol):
-    """Told of failures as they are recorded (the alerts); must not block."""
-
-    def failed(self, events: Sequence[tuple[int, str | None]]) -> None:
-        """Events that went to ``failed``, as ``(event id, error code)``."""
-        ...
-
-    def token_refused(self, api: str, code: str) -> None:
-        """``api`` (``hubspot`` or ``target``) refused its token."""
-        ...
 
 
 class ContactReader(Protocol):
@@ -133,17 +117,12 @@ class Dispatcher:
         secrets: Iterable[str] = (),
     ) -> None:
         self.store = store
-        # Upstream errors are stored and shown: any configured secret they echo is not.
-        self.scrub = SecretScrubber(secrets)
         self.hubspot = hubspot
         self.routing = routing
         #: The routing in force, read once per round (the live sync settings); else
         #: ``routing`` always.
         self.live_routing = live_routing
-        self.alerts = alerts
-        self.retry = retry
         self.mappings = mappings
-        self.metrics = metrics
         self.owner = owner or f"stagesync-{uuid.uuid4().hex[:12]}"
         self.lease_s = lease_s
         self.concurrency = concurrency
@@ -168,12 +147,23 @@ class Dispatcher:
         self._leased: dict[int, Job] = {}
         #: Rate-limit answers from HubSpot in a row (the workers count the target's).
         self._hubspot_streak = 0
+        self.recorder = RoundRecorder(
+            store=store,
+            owner=self.owner,
+            retry=retry,
+            clock=clock,
+            release=self._finish,
+            # Upstream errors are stored and shown: any configured secret they echo is not.
+            scrub=SecretScrubber(secrets),
+            metrics=metrics,
+            alerts=alerts,
+        )
         self.workers = TargetWorkers(
             target=target,
             clock=clock,
-            fail=self._fail_jobs,
-            record=self._record,
-            give_up=self._give_up,
+            fail=self.recorder.fail,
+            record=self.recorder.record,
+            give_up=self.recorder.give_up,
             more_coming=self.more_coming,
         )
         if self.workers.bulk_threshold > 0:
@@ -292,7 +282,7 @@ class Dispatcher:
             jobs = []
             for n, contact in enumerate(claimed, 1):
                 jobs.append(self._plan(contact, now, routing))
-                await _breathe(n)
+                await breathe(n)
         except BaseException:
             self._reading -= 1
             self.workers.nudge()
@@ -351,16 +341,16 @@ class Dispatcher:
             remote = [j for j in jobs if j.op is not None]
             late = [j for j in remote if later > j.start_by]
             if late:
-                self._give_up(late, "lease_half_spent_before_call")
+                self.recorder.give_up(late, "lease_half_spent_before_call")
                 remote = [j for j in remote if not j.finished]
             if remote:
                 self.workers.put(remote, backlog=backlog)
             if done:
-                await self._record(done)
+                await self.recorder.record(done)
         except BaseException:
             # Leases expire and the contacts are claimed again: nothing is lost.
             queued = (*self.workers.ready, *self.workers.staged)
-            self._give_up([j for j in jobs if j not in queued], "round_failed")
+            self.recorder.give_up([j for j in jobs if j not in queued], "round_failed")
             raise
 
     def _plan(self, claimed: ClaimedContact, now: float, routing: RoutingConfig) -> Job:
@@ -394,7 +384,7 @@ class Dispatcher:
             except Exception as exc:
                 if isinstance(exc, RateLimited):
                     self._hubspot_streak += 1
-                self._fail_jobs(to_read, exc, "hubspot", self._hubspot_streak)
+                self.recorder.fail(to_read, exc, "hubspot", self._hubspot_streak)
                 syncing = [j for j in syncing if j.object_id in carried]
         for n, job in enumerate(syncing, 1):
             if job.object_id in carried:
@@ -403,80 +393,9 @@ class Dispatcher:
                 job.resolve(fetched.get(job.object_id), routing, self.mappings)
             else:
                 job.resolve_from_webhook(routing, self.mappings)
-            await _breathe(n)
-
-    def _fail_jobs(self, jobs: Sequence[Job], exc: BaseException, api: str, streak: int) -> None:
-        """Put ``exc``'s outcome on each job; ``streak`` counts ``api``'s rate limits in a row."""
-        now = self.clock()
-        if self.alerts is not None and isinstance(exc, AuthExpired | TokenRefused):
-            self.alerts.token_refused(api, exc.code)
-        for job in jobs:
-            event = job.main_event
-            assert event is not None
-            outcome = classify(exc, event, event.attempt_floor, self.retry, now, streak)
-            job.result.append(
-                replace(
-                    outcome,
-                    stage=job.stage,
-                    error_code=self.scrub.optional(outcome.error_code),
-                    error_message=self.scrub.optional(outcome.error_message),
-                )
-            )
-            log.warning(
-                "dispatch_retry" if outcome.state == "retrying" else "dispatch_failed",
-                event_id=event.id,
-                contact_id=job.object_id,
-                api=api,
-                error_code=job.result[-1].error_code,
-                counts_attempt=outcome.counts_attempt,
-            )
+            await breathe(n)
 
     # -- recording -------------------------------------------------------------------
-
-    async def _record(self, jobs: Sequence[Job]) -> None:
-        now = self.clock()
-        lost = [j for j in jobs if now > j.lease_until]
-        if lost:
-            self._give_up(lost, "lease_expired_before_record")
-            jobs = [j for j in jobs if not j.finished]
-            if not jobs:
-                return
-        outcomes: list[Outcome] = []
-        contacts: list[ContactUpdate] = []
-        for n, job in enumerate(jobs, 1):
-            outcomes += job.outcomes()
-            if job.contact is not None:
-                contacts.append(job.contact)
-            await _breathe(n)
-        refused = await self.store.record(
-            self.owner, outcomes, contacts, [j.object_id for j in jobs], now
-        )
-        if refused:
-            jobs, outcomes = self._refused(jobs, outcomes, set(refused))
-        self._finish(jobs)
-        if self.metrics is not None:
-            self._observe(jobs, outcomes, now)
-        if self.alerts is not None:
-            self.alerts.failed(
-                [(o.event_id, o.error_code) for o in outcomes if o.state == "failed"]
-            )
-
-    def _refused(
-        self, jobs: Sequence[Job], outcomes: Sequence[Outcome], refused: set[int]
-    ) -> tuple[list[Job], list[Outcome]]:
-        """Drop the jobs the store refused to record; the ones it recorded, and theirs."""
-        lost = [j for j in jobs if j.object_id in refused]
-        if not lost:
-            return list(jobs), list(outcomes)
-        log.warning(
-            "record_refused_lease_lost", contacts=len(lost), first_contact=lost[0].object_id
-        )
-        if self.metrics is not None:
-            self.metrics.lease_lost.inc(len(lost))
-        self._finish(lost)  # unrecorded: their events are due, and claimed again
-        dropped = {e.id for j in lost for e in j.claimed.events}
-        kept = [j for j in jobs if j.object_id not in refused]
-        return kept, [o for o in outcomes if o.event_id not in dropped]
 
     def _finish(self, jobs: Sequence[Job]) -> None:
         """Free the in-flight slots of ``jobs`` and look for work they may have hidden."""
@@ -489,35 +408,6 @@ class Dispatcher:
                 del self._leased[job.object_id]
         self._room.set()
         self._wake.set()
-
-    def _give_up(self, jobs: Sequence[Job], why: str) -> None:
-        """Drop ``jobs`` unrecorded; their leases expire and they are claimed again."""
-        jobs = [j for j in jobs if not j.finished]
-        if jobs:
-            log.warning(why, contacts=len(jobs), first_contact=jobs[0].object_id)
-            self._finish(jobs)
-
-    def _observe(self, jobs: Sequence[Job], outcomes: Sequence[Outcome], now: float) -> None:
-        assert self.metrics is not None
-        received: dict[int, float] = {e.id: e.received_at for j in jobs for e in j.claimed.events}
-        for o in outcomes:
-            if not o.counts_attempt:  # a rate-limit delay or a wait: no outcome yet
-                continue
-            self.metrics.outcomes.labels(state=o.state, reason=o.reason or "").inc()
-            if o.state == "retrying":
-                self.metrics.retries.inc()
-            elif o.state == "synced" and o.event_id in received:
-                self.metrics.sync_seconds.observe(max(0.0, now - received[o.event_id]))
-
-
-async def _breathe(done: int) -> None:
-    """Let the event loop serve webhooks every ``SLICE`` contacts of a round's own work.
-
-    Planning, deciding and recording a round of 200 contacts is some 10 ms of Python;
-    done in one go, every webhook request in flight waited it out.
-    """
-    if done % SLICE == 0:
-        await asyncio.sleep(0)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -12,6 +12,7 @@ process included) may take the contact. See :mod:`receiver.dispatch.dispatcher` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -30,6 +31,8 @@ from receiver.sync.rules import (
 from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
 
 WAITING_CODE = "waiting"
+#: Contacts a round handles between two turns of the event loop.
+SLICE = 25
 
 
 @dataclass(eq=False)
@@ -268,3 +271,13 @@ class Job:
 def event_ref(event: StoredEvent) -> EventRef:
     """What a target may know of the event it carries out."""
     return EventRef(event.id, event.occurred_at, event.attempt_floor)
+
+
+async def breathe(done: int) -> None:
+    """Let the event loop serve webhooks every ``SLICE`` contacts of a round's own work.
+
+    Planning, deciding and recording a round of 200 contacts is some 10 ms of Python;
+    done in one go, every webhook request in flight waited it out.
+    """
+    if done % SLICE == 0:
+        await asyncio.sleep(0)

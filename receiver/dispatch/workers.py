@@ -8,9 +8,9 @@ gets a backlog in bulk: upserts of backlog rounds are staged until ``bulk_thresh
 them are ready at once, and go as one ``bulk_upsert``; a round that is no backlog (or
 the claim loop running out of work or room) sends what is staged the usual way.
 
-The dispatcher owns what surrounds a call: how an error becomes an outcome (``fail``),
-recording a round (``record``) and dropping jobs unrecorded (``give_up``); it passes
-those in.
+What surrounds a call is passed in (the dispatcher's
+:class:`~receiver.dispatch.recorder.RoundRecorder`): how an error becomes an outcome
+(``fail``), recording a round (``record``) and dropping jobs unrecorded (``give_up``).
 
 A worker waits (up to :data:`HOLD_S`) for a fuller batch only when the wait buys one: no
 kind has a full batch ready, and more of the same work is sure to come. Backfill and

@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from receiver.dispatch.dispatcher import classify
 from receiver.errors import (
     AuthExpired,
     PermanentError,
@@ -16,7 +15,7 @@ from receiver.errors import (
     UpstreamError,
 )
 from receiver.models import StoredEvent
-from receiver.sync.retry import RetryPolicy
+from receiver.sync.retry import RetryPolicy, classify
 
 POLICY = RetryPolicy(base_s=5.0, max_s=3600.0, max_attempts=10)
 NOW = 1_700_000_000.0
