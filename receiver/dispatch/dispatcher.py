@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from receiver.dispatch.recorder import FailureObserver, RoundRecorder
-from receiver.dispatch.work import Job, breathe
+from receiver.dispatch.work import ContactWork, breathe
 from receiver.dispatch.workers import TargetWorkers
 from receiver.errors import RateLimited
 from receiver.models import ClaimedContact
@@ -144,7 +144,7 @@ class Dispatcher:
         self._claim_full = False
         self._reading = 0
         self._arrived = 0
-        self._leased: dict[int, Job] = {}
+        self._leased: dict[int, ContactWork] = {}
         #: Rate-limit answers from HubSpot in a row (the workers count the target's).
         self._hubspot_streak = 0
         self.recorder = RoundRecorder(
@@ -314,7 +314,7 @@ class Dispatcher:
         return now - oldest > BACKLOG_S
 
     async def _background(
-        self, jobs: list[Job], now: float, routing: RoutingConfig, *, backlog: bool = False
+        self, jobs: list[ContactWork], now: float, routing: RoutingConfig, *, backlog: bool = False
     ) -> None:
         try:
             await self._prepare(jobs, now, routing, backlog=backlog)
@@ -322,7 +322,7 @@ class Dispatcher:
             log.exception("dispatch_round_failed")
 
     async def _prepare(
-        self, jobs: list[Job], now: float, routing: RoutingConfig, *, backlog: bool = False
+        self, jobs: list[ContactWork], now: float, routing: RoutingConfig, *, backlog: bool = False
     ) -> None:
         """Fetch and decide ``jobs``, queue the remote work, record what is done.
 
@@ -353,15 +353,15 @@ class Dispatcher:
             self.recorder.give_up([j for j in jobs if j not in queued], "round_failed")
             raise
 
-    def _plan(self, claimed: ClaimedContact, now: float, routing: RoutingConfig) -> Job:
-        return Job(
+    def _plan(self, claimed: ClaimedContact, now: float, routing: RoutingConfig) -> ContactWork:
+        return ContactWork(
             claimed,
             plan_contact(claimed.events, claimed.state, routing),
             lease_until=now + self.lease_s,
             start_by=now + self.lease_s * START_WITHIN,
         )
 
-    async def _resolve(self, jobs: list[Job], now: float, routing: RoutingConfig) -> None:
+    async def _resolve(self, jobs: list[ContactWork], now: float, routing: RoutingConfig) -> None:
         """Fetch current properties for the jobs that sync, and decide each one."""
         syncing = [j for j in jobs if j.plan.carrier is not None and j.plan.delete is None]
         if not syncing:
@@ -397,7 +397,7 @@ class Dispatcher:
 
     # -- recording -------------------------------------------------------------------
 
-    def _finish(self, jobs: Sequence[Job]) -> None:
+    def _finish(self, jobs: Sequence[ContactWork]) -> None:
         """Free the in-flight slots of ``jobs`` and look for work they may have hidden."""
         for job in jobs:
             if job.finished:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from receiver.dispatch.work import Job, breathe
+from receiver.dispatch.work import ContactWork, breathe
 from receiver.errors import AuthExpired, TokenRefused
 from receiver.models import ContactUpdate, Outcome
 from receiver.ops.logging import get_logger
@@ -56,7 +56,7 @@ class RoundRecorder:
         owner: str,
         retry: RetryPolicy,
         clock: Callable[[], float],
-        release: Callable[[Sequence[Job]], None],
+        release: Callable[[Sequence[ContactWork]], None],
         scrub: SecretScrubber,
         metrics: Metrics | None = None,
         alerts: FailureObserver | None = None,
@@ -70,7 +70,7 @@ class RoundRecorder:
         self.metrics = metrics
         self.alerts = alerts
 
-    def fail(self, jobs: Sequence[Job], exc: BaseException, api: str, streak: int) -> None:
+    def fail(self, jobs: Sequence[ContactWork], exc: BaseException, api: str, streak: int) -> None:
         """Put ``exc``'s outcome on each job; ``streak`` counts ``api``'s rate limits in a row."""
         now = self.clock()
         if self.alerts is not None and isinstance(exc, AuthExpired | TokenRefused):
@@ -96,7 +96,7 @@ class RoundRecorder:
                 counts_attempt=outcome.counts_attempt,
             )
 
-    async def record(self, jobs: Sequence[Job]) -> None:
+    async def record(self, jobs: Sequence[ContactWork]) -> None:
         """Record the outcomes and contact states of finished ``jobs`` in one store call."""
         now = self.clock()
         lost = [j for j in jobs if now > j.lease_until]
@@ -125,7 +125,7 @@ class RoundRecorder:
                 [(o.event_id, o.error_code) for o in outcomes if o.state == "failed"]
             )
 
-    def give_up(self, jobs: Sequence[Job], why: str) -> None:
+    def give_up(self, jobs: Sequence[ContactWork], why: str) -> None:
         """Drop ``jobs`` unrecorded; their leases expire and they are claimed again."""
         jobs = [j for j in jobs if not j.finished]
         if jobs:
@@ -133,8 +133,8 @@ class RoundRecorder:
             self.release(jobs)
 
     def _refused(
-        self, jobs: Sequence[Job], outcomes: Sequence[Outcome], refused: set[int]
-    ) -> tuple[list[Job], list[Outcome]]:
+        self, jobs: Sequence[ContactWork], outcomes: Sequence[Outcome], refused: set[int]
+    ) -> tuple[list[ContactWork], list[Outcome]]:
         """Drop the jobs the store refused to record; the ones it recorded, and theirs."""
         lost = [j for j in jobs if j.object_id in refused]
         if not lost:
@@ -149,7 +149,9 @@ class RoundRecorder:
         kept = [j for j in jobs if j.object_id not in refused]
         return kept, [o for o in outcomes if o.event_id not in dropped]
 
-    def _observe(self, jobs: Sequence[Job], outcomes: Sequence[Outcome], now: float) -> None:
+    def _observe(
+        self, jobs: Sequence[ContactWork], outcomes: Sequence[Outcome], now: float
+    ) -> None:
         assert self.metrics is not None
         received: dict[int, float] = {e.id: e.received_at for j in jobs for e in j.claimed.events}
         for o in outcomes:

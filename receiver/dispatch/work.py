@@ -1,9 +1,9 @@
 """One contact's work in a dispatch round, and the outcomes it records.
 
-A :class:`Job` starts from a claimed contact and its :class:`~receiver.sync.rules.ContactPlan`;
-the dispatcher fills in the remote operation's result, then :meth:`Job.prior`,
-``Job.result`` and :meth:`Job.waiting` give the rows the store records in one
-transaction.
+A :class:`ContactWork` starts from a claimed contact and its
+:class:`~receiver.sync.rules.ContactPlan`; the dispatcher fills in the remote operation's
+result, then :meth:`ContactWork.prior`, ``ContactWork.result`` and
+:meth:`ContactWork.waiting` give the rows the store records in one transaction.
 
 A job also carries its lease: ``start_by`` is the last moment its remote call may
 start, ``lease_until`` when the store's lease runs out and another claimer (this
@@ -36,7 +36,7 @@ SLICE = 25
 
 
 @dataclass(eq=False)
-class Job:
+class ContactWork:
     """Mutable work state of one contact for one round."""
 
     claimed: ClaimedContact

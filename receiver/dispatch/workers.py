@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from receiver.dispatch.work import Job, event_ref
+from receiver.dispatch.work import ContactWork, event_ref
 from receiver.errors import RateLimited, UpstreamError
 from receiver.ops.logging import get_logger
 from receiver.sync.rules import SEARCH_TYPES
@@ -43,11 +43,11 @@ HOLD_S = 1.0
 log = get_logger("receiver.dispatch.dispatcher")
 
 #: Turns an error into outcomes on jobs: ``(jobs, error, api, rate_limit_streak)``.
-Fail = Callable[[Sequence[Job], BaseException, str, int], None]
+Fail = Callable[[Sequence[ContactWork], BaseException, str, int], None]
 #: Records finished jobs in the store.
-Record = Callable[[Sequence[Job]], Awaitable[None]]
+Record = Callable[[Sequence[ContactWork]], Awaitable[None]]
 #: Drops jobs unrecorded, logging why; their leases expire and they are claimed again.
-GiveUp = Callable[[Sequence[Job], str], None]
+GiveUp = Callable[[Sequence[ContactWork], str], None]
 
 
 class TargetWorkers:
@@ -70,17 +70,17 @@ class TargetWorkers:
         self.fail = fail
         self.record = record
         self.give_up = give_up
-        self.ready: deque[Job] = deque()
+        self.ready: deque[ContactWork] = deque()
         self.bulk_threshold = target.bulk_threshold if isinstance(target, BulkTarget) else 0
         #: Upserts of backlog rounds, waiting for ``bulk_threshold`` of them.
-        self.staged: list[Job] = []
+        self.staged: list[ContactWork] = []
         #: Staged groups ready for one ``bulk_upsert`` each.
-        self.bulk_ready: deque[list[Job]] = deque()
+        self.bulk_ready: deque[list[ContactWork]] = deque()
         #: Rate-limit answers from the target in a row.
         self.rate_streak = 0
         self._signal = asyncio.Event()
 
-    def put(self, jobs: Sequence[Job], *, backlog: bool = False) -> None:
+    def put(self, jobs: Sequence[ContactWork], *, backlog: bool = False) -> None:
         """Queue ``jobs`` for the next free worker; a ``backlog`` round's upserts are
         staged for the bulk path when the target has one."""
         if backlog and self.bulk_threshold > 0:
@@ -172,7 +172,7 @@ class TargetWorkers:
                     await self._signal.wait()
         self._signal.set()  # wake the other workers for what is left
 
-    def take(self, now: float) -> list[Job]:
+    def take(self, now: float) -> list[ContactWork]:
         """Up to ``batch_size`` ready jobs, dropping those whose lease is half gone.
 
         For a target whose calls each carry one kind (Salesforce collections, Zoho
@@ -181,8 +181,8 @@ class TargetWorkers:
         order, for the next worker. A mixed take would cost that target two half-full
         calls where one full one can go.
         """
-        batch: list[Job] = []
-        passed: list[Job] = []
+        batch: list[ContactWork] = []
+        passed: list[ContactWork] = []
         kind = self._full_kind() if self.target.one_kind_per_call else None
         while self.ready and len(batch) < self.target.batch_size:
             job = self.ready.popleft()
@@ -199,14 +199,14 @@ class TargetWorkers:
             self._signal.set()  # what was passed over is another worker's
         return batch
 
-    def _in_time(self, job: Job, now: float) -> bool:
+    def _in_time(self, job: ContactWork, now: float) -> bool:
         """False, after giving the job up, when half its lease went by in the queue."""
         if now > job.start_by:
             self.give_up([job], "lease_half_spent_in_queue")
             return False
         return True
 
-    async def call(self, batch: list[Job], *, bulk: bool = False) -> None:
+    async def call(self, batch: list[ContactWork], *, bulk: bool = False) -> None:
         """Make the target calls of ``batch`` and put each answer on its job; ``bulk``
         sends its upserts as one ``bulk_upsert``."""
         deletes = [j for j in batch if j.op == "delete"]
@@ -240,12 +240,12 @@ class TargetWorkers:
         if all(not isinstance(r, RateLimited) for r in results):
             self.rate_streak = 0
 
-    def _fail(self, jobs: Sequence[Job], exc: BaseException) -> None:
+    def _fail(self, jobs: Sequence[ContactWork], exc: BaseException) -> None:
         if isinstance(exc, RateLimited):
             self.rate_streak += 1
         self.fail(jobs, exc, "target", self.rate_streak)
 
-    def _synced(self, job: Job, result: UpsertResult) -> None:
+    def _synced(self, job: ContactWork, result: UpsertResult) -> None:
         job.synced(result)
         log.info(
             "event_synced",
@@ -257,7 +257,7 @@ class TargetWorkers:
             reason=job.reason,
         )
 
-    async def _delete(self, job: Job) -> None:
+    async def _delete(self, job: ContactWork) -> None:
         event = job.plan.delete
         assert event is not None
         try:
@@ -269,7 +269,7 @@ class TargetWorkers:
         log.info("contact_deleted", event_id=event.id, contact_id=job.object_id, records=count)
 
 
-def _searched(job: Job) -> bool:
+def _searched(job: ContactWork) -> bool:
     """True for a backfill or reconcile job: found by a search, nobody's webhook."""
     carrier = job.plan.carrier
     return carrier is not None and carrier.subscription_type in SEARCH_TYPES

@@ -129,7 +129,7 @@ class ContactPlan:
     date; ``coalesced`` ride on it. ``deferred`` events stay open for the next round
     (a sync newer than a deletion of the same round): they are not part of this round's
     outcome, and while the deletion is retried they wait with it
-    (:meth:`receiver.dispatch.work.Job.waiting`), so a restore never overtakes its deletion.
+    (:meth:`receiver.dispatch.work.ContactWork.waiting`), so a restore never overtakes its deletion.
     """
 
     skipped: tuple[tuple[StoredEvent, str], ...]

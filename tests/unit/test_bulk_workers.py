@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from receiver.dispatch.work import Job
+from receiver.dispatch.work import ContactWork
 from receiver.dispatch.workers import TargetWorkers
 from receiver.errors import UpstreamError
 from receiver.models import ClaimedContact, StoredEvent
@@ -56,21 +56,23 @@ class BulkScript:
         pass
 
 
-def job(n: int) -> Job:
+def job(n: int) -> ContactWork:
     carrier = StoredEvent(
         n, "pending", None, n, "contact.creation", n, "lead", 0, None, None, 0.0, 0.0,
         None, None, {},
     )  # fmt: skip
     plan = ContactPlan((), None, (), carrier, (), ())
-    out = Job(ClaimedContact(n, (carrier,), None), plan)
+    out = ContactWork(ClaimedContact(n, (carrier,), None), plan)
     out.request = UpsertRequest("lead", str(n), {"LastName": "X"})
     return out
 
 
-async def run_workers(target: BulkScript, *puts: tuple[list[Job], bool]) -> list[Job]:
-    recorded: list[Job] = []
+async def run_workers(
+    target: BulkScript, *puts: tuple[list[ContactWork], bool]
+) -> list[ContactWork]:
+    recorded: list[ContactWork] = []
 
-    async def record(jobs: Sequence[Job]) -> None:
+    async def record(jobs: Sequence[ContactWork]) -> None:
         recorded.extend(jobs)
 
     workers = TargetWorkers(

@@ -7,7 +7,7 @@ import itertools
 
 import orjson
 
-from receiver.dispatch.work import Job
+from receiver.dispatch.work import ContactWork
 from receiver.hubspot.search import Hit
 from receiver.jobs.events import search_event
 from receiver.models import ClaimedContact, ContactState, StoredEvent
@@ -76,9 +76,9 @@ def test_only_search_events_carry_properties() -> None:
     assert carried_properties(webhook) is None
 
 
-def resolved(event: StoredEvent, state: ContactState | None) -> Job:
+def resolved(event: StoredEvent, state: ContactState | None) -> ContactWork:
     claimed = ClaimedContact(7, (event,), state)
-    job = Job(claimed, plan_contact(claimed.events, state, CONFIG))
+    job = ContactWork(claimed, plan_contact(claimed.events, state, CONFIG))
     props = carried_properties(event)
     assert props is not None
     job.resolve(props, CONFIG, MAPPINGS)

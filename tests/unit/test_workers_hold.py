@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from receiver.dispatch import workers as workers_module
-from receiver.dispatch.work import Job
+from receiver.dispatch.work import ContactWork
 from receiver.dispatch.workers import TargetWorkers
 from receiver.errors import UpstreamError
 from receiver.models import ClaimedContact, Kind, StoredEvent
@@ -55,7 +55,7 @@ class RecordingTarget:
         return None
 
 
-def job(object_id: int, stage: str, subscription_type: str = BACKFILL) -> Job:
+def job(object_id: int, stage: str, subscription_type: str = BACKFILL) -> ContactWork:
     raw = {"id": str(object_id), "properties": {"lifecyclestage": stage, "email": "a@b.c"}}
     event = StoredEvent(
         id=next(_ids), state="pending", reason=None, object_id=object_id,
@@ -64,13 +64,13 @@ def job(object_id: int, stage: str, subscription_type: str = BACKFILL) -> Job:
         target_kind=None, target_id=None, raw=raw,
     )  # fmt: skip
     claimed = ClaimedContact(object_id, (event,), None)
-    result = Job(claimed, plan_contact(claimed.events, None, CONFIG))
+    result = ContactWork(claimed, plan_contact(claimed.events, None, CONFIG))
     props = carried_properties(event) or {"lifecyclestage": stage, "email": "a@b.c"}
     result.resolve(props, CONFIG, MAPPINGS)
     return result
 
 
-class Recorded(list[Job]):
+class Recorded(list[ContactWork]):
     """The jobs recorded so far, with a condition to wait on."""
 
     def __init__(self) -> None:
@@ -85,7 +85,7 @@ async def workers_running(
     """Two workers over ``target``; yields them and the list of recorded jobs."""
     recorded = Recorded()
 
-    async def record(done: Sequence[Job]) -> None:
+    async def record(done: Sequence[ContactWork]) -> None:
         async with recorded.changed:
             recorded.extend(done)
             recorded.changed.notify_all()
@@ -108,7 +108,7 @@ async def until_recorded(recorded: Recorded, expect: int, within: float = 5.0) -
         await recorded.changed.wait_for(lambda: len(recorded) >= expect)
 
 
-async def run_workers(target: RecordingTarget, jobs: list[Job], expect: int) -> None:
+async def run_workers(target: RecordingTarget, jobs: list[ContactWork], expect: int) -> None:
     async with workers_running(target) as (workers, recorded):
         workers.put(jobs)
         await until_recorded(recorded, expect)
