@@ -309,6 +309,19 @@ async def test_a_malformed_put_is_a_400_in_the_error_shape(
         assert answer.json()["error"] == "bad_request" and answer.json()["message"]
 
 
+async def test_a_put_that_is_not_json_is_told_what_a_settings_body_looks_like(
+    tmp_path: Path,
+) -> None:
+    backend = Backend("sqlite", f"sqlite:///{tmp_path / 'one.db'}")
+    async with instance(tmp_path, backend) as a:
+        answer = await a.http.put(
+            a.base + "/admin/sync-settings", headers=AUTH, content=b"not json"
+        )
+    assert answer.status_code == 400
+    message = answer.json()["message"]
+    assert "lead_sync" in message and "replay" not in message
+
+
 NEW_ENDPOINTS = [
     ("GET", "/admin/stages"),
     ("GET", "/admin/sync-settings"),

@@ -106,7 +106,9 @@ async def replay_event(request: Request, ctx: AppContext, caller: Caller) -> Res
     return JSON(body, status_code=202)
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, example: str = '{"state": "failed"}') -> dict[str, Any]:
+    """The request's JSON object (``{}`` for an empty body); ``example`` shows a good one
+    in the error for anything else."""
     declared = request.headers.get("content-length")
     if declared is not None and (parse_length(declared) or 0) > MAX_BODY:
         raise BadParam(f"the body must be at most {MAX_BODY} bytes")
@@ -118,17 +120,15 @@ async def json_body(request: Request) -> dict[str, Any]:
     try:
         doc = orjson.loads(body) if body.strip() else {}  # every filter is optional
     except orjson.JSONDecodeError:
-        raise BadParam(
-            'the body must be a JSON object such as {"state": "failed"} ({} replays everything)'
-        ) from None
+        raise BadParam(f"the body must be a JSON object such as {example}") from None
     if not isinstance(doc, dict):
-        raise BadParam('the body must be a JSON object such as {"state": "failed"}')
+        raise BadParam(f"the body must be a JSON object such as {example}")
     return doc
 
 
 async def replay_bulk(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/replay``: every replayable event matching the body's filters."""
-    doc = await json_body(request)
+    doc = await json_body(request, '{"state": "failed"} ({} replays everything)')
     unknown = sorted(set(doc) - set(FILTER_KEYS))
     if unknown:
         raise BadParam(

@@ -42,7 +42,7 @@ def _stages(doc: dict[str, object]) -> list[str] | None:
 
 async def start(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/backfill``: ``202 {"id": N}``; 400 without a token, 409 if one runs."""
-    stages = _stages(await json_body(request))
+    stages = _stages(await json_body(request, '{"stages": ["lead", "customer"]}'))
     try:
         job = await start_backfill(ctx.store, ctx.settings, stages, ctx.clock())
     except BackfillRefused as exc:

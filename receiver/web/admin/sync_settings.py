@@ -141,7 +141,7 @@ async def get_settings(request: Request, ctx: AppContext, caller: Caller) -> Res
 
 async def put_settings(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``PUT /admin/sync-settings``: check and save; 400, 409 or the new settings."""
-    doc = await json_body(request)
+    doc = await json_body(request, '{"lead_sync": true, "version": 3}')
     await ctx.sync_settings.refresh()
     values, version = values_from(doc, ctx.sync_settings.current.values)
     result = await save_values(ctx, values, version, caller.fingerprint)
