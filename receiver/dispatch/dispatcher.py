@@ -165,6 +165,8 @@ class Dispatcher:
             record=self.recorder.record,
             give_up=self.recorder.give_up,
             more_coming=self.more_coming,
+            renew=self._renew,
+            renew_every_s=lease_s / 3,
         )
         if self.workers.bulk_threshold > 0:
             # Room for one bulk group in its job while the next one forms, besides the
@@ -299,6 +301,17 @@ class Dispatcher:
         else:
             await self._prepare(jobs, now, routing)
         return True
+
+    async def _renew(self, jobs: Sequence[ContactWork]) -> None:
+        """Move the leases of ``jobs`` (a call still running) on by ``lease_s``."""
+        now = self.clock()
+        until = now + self.lease_s
+        renewed = set(
+            await self.store.renew_leases(self.owner, [j.object_id for j in jobs], now, until)
+        )
+        for job in jobs:
+            if job.object_id in renewed:
+                job.lease_until = max(job.lease_until, until)
 
     def more_coming(self) -> bool:
         """True while more of a due burst is sure to be queued soon: the last claim was

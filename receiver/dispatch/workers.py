@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from receiver.dispatch.work import ContactWork, event_ref
 from receiver.errors import RateLimited, UpstreamError
@@ -48,6 +48,8 @@ Fail = Callable[[Sequence[ContactWork], BaseException, str, int], None]
 Record = Callable[[Sequence[ContactWork]], Awaitable[None]]
 #: Drops jobs unrecorded, logging why; their leases expire and they are claimed again.
 GiveUp = Callable[[Sequence[ContactWork], str], None]
+#: Moves the leases of jobs whose call is still running on by another lease.
+Renew = Callable[[Sequence[ContactWork]], Awaitable[None]]
 
 
 class TargetWorkers:
@@ -62,8 +64,13 @@ class TargetWorkers:
         record: Record,
         give_up: GiveUp,
         more_coming: Callable[[], bool] = lambda: False,
+        renew: Renew | None = None,
+        renew_every_s: float = 20.0,
     ) -> None:
         self.target = target
+        #: Keeps the leases of a bulk call (minutes, in a real org) from running out.
+        self.renew = renew
+        self.renew_every_s = renew_every_s
         #: True while more of a due burst is sure to reach ``put`` soon.
         self.more_coming = more_coming
         self.clock = clock
@@ -79,6 +86,9 @@ class TargetWorkers:
         #: Rate-limit answers from the target in a row.
         self.rate_streak = 0
         self._signal = asyncio.Event()
+        #: Workers running, and those in a bulk call.
+        self._workers = 0
+        self._bulk_calls = 0
 
     def put(self, jobs: Sequence[ContactWork], *, backlog: bool = False) -> None:
         """Queue ``jobs`` for the next free worker; a ``backlog`` round's upserts are
@@ -109,29 +119,46 @@ class TargetWorkers:
 
     async def run(self) -> None:
         """One worker: take ready jobs, call the target, record; forever."""
-        while True:
-            while not self.ready and not self.bulk_ready:
-                self._signal.clear()
-                await self._signal.wait()
-            if not self.bulk_ready:
-                await self._fill()
-                if not self.ready:
-                    continue  # another worker took them meanwhile
-            now = self.clock()
-            bulk = bool(self.bulk_ready)
+        self._workers += 1
+        try:
+            while True:
+                await self._round()
+        finally:
+            self._workers -= 1
+
+    def _bulk_free(self) -> bool:
+        """True when a bulk group is ready and a worker may take it: bulk calls (minutes
+        each, in a real org) leave one worker to webhooks whenever there are two."""
+        return bool(self.bulk_ready) and self._bulk_calls < max(1, self._workers - 1)
+
+    async def _round(self) -> None:
+        while not self.ready and not self._bulk_free():
+            self._signal.clear()
+            await self._signal.wait()
+        bulk = self._bulk_free()
+        if not bulk:
+            await self._fill()
+            if not self.ready:
+                return  # another worker took them meanwhile
+        now = self.clock()
+        if bulk:
+            batch = [job for job in self.bulk_ready.popleft() if self._in_time(job, now)]
+        else:
+            batch = self.take(now)
+        if not batch:
+            return
+        self._bulk_calls += bulk
+        try:
+            await self.call(batch, bulk=bulk)
+            await self.record(batch)
+        except Exception:
+            log.exception("target_round_failed", contacts=len(batch))
+            # Leases expire and the contacts are claimed again: nothing is lost.
+            self.give_up(batch, "target_round_failed")
+        finally:
+            self._bulk_calls -= bulk
             if bulk:
-                batch = [job for job in self.bulk_ready.popleft() if self._in_time(job, now)]
-            else:
-                batch = self.take(now)
-            if not batch:
-                continue
-            try:
-                await self.call(batch, bulk=bulk)
-                await self.record(batch)
-            except Exception:
-                log.exception("target_round_failed", contacts=len(batch))
-                # Leases expire and the contacts are claimed again: nothing is lost.
-                self.give_up(batch, "target_round_failed")
+                self._signal.set()  # a bulk slot is free again
 
     def nudge(self) -> None:
         """Have waiting workers look again (``more_coming`` may have turned False)."""
@@ -219,9 +246,10 @@ class TargetWorkers:
         try:
             if bulk and isinstance(self.target, BulkTarget):
                 log.info("bulk_upsert_started", contacts=len(requests))
-                results: list[UpsertResult | UpstreamError] = await self.target.bulk_upsert(
-                    requests
-                )
+                async with self._leases_kept(upserts):
+                    results: list[UpsertResult | UpstreamError] = await self.target.bulk_upsert(
+                        requests
+                    )
             elif len(requests) == 1:
                 results = [await self.target.upsert(requests[0])]
             else:
@@ -239,6 +267,31 @@ class TargetWorkers:
                 self._synced(job, result)
         if all(not isinstance(r, RateLimited) for r in results):
             self.rate_streak = 0
+
+    @contextlib.asynccontextmanager
+    async def _leases_kept(self, jobs: Sequence[ContactWork]) -> AsyncIterator[None]:
+        """Renew ``jobs``' leases every ``renew_every_s`` while the block runs: a Bulk job
+        outlives a lease, and a round recorded after its lease ran out is dropped."""
+        if self.renew is None:
+            yield
+            return
+        renew = self.renew
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.renew_every_s)
+                try:
+                    await renew(jobs)
+                except Exception:  # the record's fence still refuses a lost lease
+                    log.warning("lease_renewal_failed", contacts=len(jobs))
+
+        task = asyncio.create_task(keep(), name="dispatcher-lease-keeper")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _fail(self, jobs: Sequence[ContactWork], exc: BaseException) -> None:
         if isinstance(exc, RateLimited):

@@ -130,6 +130,14 @@ class EventStore(Protocol):
         """
         ...
 
+    async def renew_leases(
+        self, owner: str, object_ids: Sequence[int], now: float, until: float
+    ) -> list[int]:
+        """Move ``owner``'s leases of ``object_ids`` that still hold at ``now`` on to
+        ``until``; returns the contacts renewed (a lease lost meanwhile is not taken back).
+        """
+        ...
+
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` of a retrying event, or None."""
         ...

@@ -169,6 +169,18 @@ class InMemoryStore(InMemoryJobs):
             out.append(ClaimedContact(object_id, tuple(events), self.contacts.get(object_id)))
         return out
 
+    async def renew_leases(
+        self, owner: str, object_ids: Sequence[int], now: float, until: float
+    ) -> list[int]:
+        """Move the leases ``owner`` still holds on to ``until``."""
+        renewed = []
+        for object_id in sorted(set(object_ids)):
+            held_by, held_until = self.leases.get(object_id, ("", 0.0))
+            if held_by == owner and held_until > now:
+                self.leases[object_id] = (owner, until)
+                renewed.append(object_id)
+        return renewed
+
     async def record(
         self,
         owner: str,

@@ -173,6 +173,28 @@ async def test_an_expired_lease_is_claimed_by_another_owner(store: EventStore) -
     assert await store.claim("c", NOW + 6, 5, 10) == []
 
 
+async def test_a_renewed_lease_holds_past_its_first_end_and_its_round_is_recorded(
+    store: EventStore,
+) -> None:
+    await store.ingest(batch(event(1, "lead"), event(2, "lead")), NOW)
+    claimed = await claim_map(store, "a", NOW, lease_s=5)
+    assert await store.renew_leases("a", [1, 2], NOW + 4, NOW + 20) == [1, 2]
+    assert await store.claim("b", NOW + 10, 5, 10) == []  # past the first end, still held
+    done = [Outcome(e.id, "synced", target_kind="lead", target_id="L1") for e in claimed[1].events]
+    refused = await store.record("a", done, [], [1], NOW + 15)
+    assert refused == []
+    assert (await store.get_event(claimed[1].events[0].id)).state == "synced"  # type: ignore[union-attr]
+
+
+async def test_a_lease_that_ran_out_or_is_anothers_is_not_renewed(store: EventStore) -> None:
+    await store.ingest(batch(event(1, "lead"), event(2, "lead")), NOW)
+    await store.claim("a", NOW, 5, 1)  # contact 1, until NOW + 5
+    await store.claim("b", NOW, 30, 1)  # contact 2
+    assert await store.renew_leases("a", [1, 2], NOW + 6, NOW + 60) == []
+    [taken] = await store.claim("c", NOW + 6, 30, 10)
+    assert taken.object_id == 1  # the lapsed lease was free to take
+
+
 async def test_a_retrying_event_is_claimed_only_once_due(store: EventStore) -> None:
     await store.ingest(batch(event(1, "lead")), NOW)
     [claimed] = await store.claim("a", NOW, 30, 10)

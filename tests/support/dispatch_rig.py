@@ -104,11 +104,13 @@ class Rig:
                 raise AssertionError(f"timed out waiting for {what}")
             await asyncio.sleep(0.005)
 
-    async def final(self, *ids: int, states: Sequence[str] = FINAL) -> list[StoredEvent]:
+    async def final(
+        self, *ids: int, states: Sequence[str] = FINAL, within: float = 3.0
+    ) -> list[StoredEvent]:
         async def done() -> bool:
             return all([(await self.get(i)).state in states for i in ids])
 
-        await self.until(done, what=f"events {ids} in {states}")
+        await self.until(done, within=within, what=f"events {ids} in {states}")
         return [await self.get(i) for i in ids]
 
     async def retry_now(self, event_id: int) -> None:

@@ -117,3 +117,48 @@ async def test_a_round_that_is_no_backlog_sends_what_was_staged_with_it() -> Non
     jobs = [job(n) for n in range(1, 5)]
     await run_workers(target, (jobs[:2], True), (jobs[2:], False))
     assert [kind for kind, _ in target.calls] == ["batch", "upsert"]
+
+
+class GatedBulk(BulkScript):
+    """Bulk calls wait for ``gate``: a Bulk job that runs for minutes."""
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__(threshold)
+        self.gate = asyncio.Event()
+        self.bulk_running = 0
+
+    async def bulk_upsert(
+        self, requests: Sequence[UpsertRequest]
+    ) -> list[UpsertResult | UpstreamError]:
+        self.bulk_running += 1
+        await self.gate.wait()
+        return await super().bulk_upsert(requests)
+
+
+async def test_bulk_jobs_leave_one_worker_to_webhook_rounds() -> None:
+    target = GatedBulk(threshold=2)
+    recorded: list[ContactWork] = []
+
+    async def record(jobs: Sequence[ContactWork]) -> None:
+        recorded.extend(jobs)
+
+    workers = TargetWorkers(
+        target=target, clock=lambda: 0.0, fail=lambda *a: None, record=record,
+        give_up=lambda *a: None,
+    )  # fmt: skip
+    tasks = [asyncio.create_task(workers.run()) for _ in range(3)]
+    try:
+        for first in (1, 3, 5):  # three bulk groups of two
+            workers.put([job(first), job(first + 1)], backlog=True)
+        await asyncio.sleep(0.05)
+        assert target.bulk_running == 2  # of three workers, one stays free
+        workers.put([job(7)])  # a webhook's round
+        await asyncio.sleep(0.05)
+        assert [j.object_id for j in recorded] == [7]
+        target.gate.set()
+        await asyncio.sleep(0.05)
+        assert target.bulk_running == 3 and len(recorded) == 7
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

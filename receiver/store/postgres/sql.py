@@ -128,6 +128,18 @@ ON CONFLICT (object_id) DO UPDATE SET
 WHERE excluded.last_occurred_at IS NULL OR contacts.last_occurred_at IS NULL
    OR excluded.last_occurred_at >= contacts.last_occurred_at
 """
+# Locked in id order, as the fence does; a claim skips these rows meanwhile (SKIP LOCKED),
+# and they are leased anyway.
+RENEW_LEASES = """
+WITH held AS (
+    SELECT object_id FROM contact_leases
+    WHERE object_id = ANY($1::bigint[]) AND owner = $2 AND until > $3
+    ORDER BY object_id FOR UPDATE
+)
+UPDATE contact_leases AS l SET until = $4
+FROM held WHERE l.object_id = held.object_id
+RETURNING l.object_id
+"""
 RELEASE = """
 UPDATE contact_leases SET owner = NULL, until = 0
 WHERE object_id = ANY($1::bigint[]) AND owner = $2

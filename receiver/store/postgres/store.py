@@ -246,6 +246,13 @@ class PostgresStore(PostgresJobs):
         outcomes, contacts = storable(outcomes, contacts)
         return await dispatch.record(self.pool, owner, outcomes, contacts, release, now)
 
+    async def renew_leases(
+        self, owner: str, object_ids: Sequence[int], now: float, until: float
+    ) -> list[int]:
+        """Move the leases ``owner`` still holds on to ``until``."""
+        rows = await self.pool.fetch(q.RENEW_LEASES, list(object_ids), owner, now, until)
+        return sorted(row[0] for row in rows)
+
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
         value = await self.pool.fetchval(shared.NEXT_DUE)

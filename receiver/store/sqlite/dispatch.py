@@ -104,10 +104,23 @@ _LEASE_JSON = (
     " SELECT value, ?2, ?3 FROM json_each(?1) WHERE true"
     " ON CONFLICT(object_id) DO UPDATE SET owner = excluded.owner, until = excluded.until"
 )
+_RENEW_JSON = (
+    "UPDATE contact_leases SET until = ?4"
+    " WHERE owner = ?2 AND until > ?3 AND object_id IN (SELECT value FROM json_each(?1))"
+    " RETURNING object_id"
+)
 _LAST_SYNCED = (
     "INSERT INTO meta(key, value) VALUES ('last_synced_at', ?)"
     " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
+
+
+def renew_leases(
+    conn: sqlite3.Connection, owner: str, object_ids: Sequence[int], now: float, until: float
+) -> list[int]:
+    """Move the leases ``owner`` holds at ``now`` on ``object_ids`` to ``until``."""
+    rows = conn.execute(_RENEW_JSON, (orjson.dumps(list(object_ids)), owner, now, until))
+    return sorted(row[0] for row in rows)
 
 
 def list_new(conn: sqlite3.Connection, limit: int) -> int:

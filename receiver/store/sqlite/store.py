@@ -200,6 +200,14 @@ class SQLiteStore(SQLiteJobs):
             sqlite_dispatch.record, owner, outcomes, contacts, release, now
         )
 
+    async def renew_leases(
+        self, owner: str, object_ids: Sequence[int], now: float, until: float
+    ) -> list[int]:
+        """Move the leases ``owner`` still holds on to ``until``."""
+        return await self._wr.transaction(
+            sqlite_dispatch.renew_leases, owner, object_ids, now, until
+        )
+
     async def next_due_at(self, now: float) -> float | None:
         """Earliest ``next_attempt_at`` among open events."""
         async with self._rc.execute(shared.NEXT_DUE) as cur:
