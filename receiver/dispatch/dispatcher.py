@@ -362,7 +362,7 @@ class Dispatcher:
                 await self.recorder.record(done)
         except BaseException:
             # Leases expire and the contacts are claimed again: nothing is lost.
-            queued = (*self.workers.ready, *self.workers.staged)
+            queued = self.workers.queued()
             self.recorder.give_up([j for j in jobs if j not in queued], "round_failed")
             raise
 

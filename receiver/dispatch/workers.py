@@ -4,9 +4,9 @@ Each of the dispatcher's ``concurrency`` workers runs :meth:`TargetWorkers.run`:
 every ready job, up to the target's batch size, drops those whose lease is half gone,
 makes one call (deletes one by one, upserts as one upsert or one batch) and puts each
 answer on its job. A target with a bulk path (:class:`~receiver.targets.base.BulkTarget`)
-gets a backlog in bulk: upserts of backlog rounds are staged until ``bulk_threshold`` of
-them are ready at once, and go as one ``bulk_upsert``; a round that is no backlog (or
-the claim loop running out of work or room) sends what is staged the usual way.
+gets a backlog and a backfill in bulk: :mod:`receiver.dispatch.bulk_groups` holds their
+upserts until a bulk job's worth is ready. Bulk calls renew their leases while they run
+(a Bulk job can outlive a lease) and leave one worker to webhook rounds.
 
 What surrounds a call is passed in (the dispatcher's
 :class:`~receiver.dispatch.recorder.RoundRecorder`): how an error becomes an outcome
@@ -30,10 +30,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+from receiver.dispatch.bulk_groups import BulkGroups, searched
 from receiver.dispatch.work import ContactWork, event_ref
 from receiver.errors import RateLimited, UpstreamError
 from receiver.ops.logging import get_logger
-from receiver.sync.rules import SEARCH_TYPES
 from receiver.targets.base import BulkTarget, Target, UpsertResult
 
 #: Longest wait of a worker for a full batch of one kind.
@@ -78,11 +78,9 @@ class TargetWorkers:
         self.record = record
         self.give_up = give_up
         self.ready: deque[ContactWork] = deque()
-        self.bulk_threshold = target.bulk_threshold if isinstance(target, BulkTarget) else 0
-        #: Upserts of backlog rounds, waiting for ``bulk_threshold`` of them.
-        self.staged: list[ContactWork] = []
-        #: Staged groups ready for one ``bulk_upsert`` each.
-        self.bulk_ready: deque[list[ContactWork]] = deque()
+        threshold = target.bulk_threshold if isinstance(target, BulkTarget) else 0
+        #: Upserts held for the bulk path, and the groups ready for it.
+        self.bulk = BulkGroups(threshold)
         #: Rate-limit answers from the target in a row.
         self.rate_streak = 0
         self._signal = asyncio.Event()
@@ -90,32 +88,35 @@ class TargetWorkers:
         self._workers = 0
         self._bulk_calls = 0
 
+    @property
+    def bulk_threshold(self) -> int:
+        """Records a bulk job takes at least; 0 for a target without a bulk path."""
+        return self.bulk.threshold
+
     def put(self, jobs: Sequence[ContactWork], *, backlog: bool = False) -> None:
-        """Queue ``jobs`` for the next free worker; a ``backlog`` round's upserts are
-        staged for the bulk path when the target has one."""
-        if backlog and self.bulk_threshold > 0:
-            self.staged.extend(j for j in jobs if j.op == "upsert")
-            self.ready.extend(j for j in jobs if j.op != "upsert")
-            if len(self.staged) >= self.bulk_threshold:
-                self.bulk_ready.append(self.staged)
-                self.staged = []
-        else:
-            self.flush()
-            self.ready.extend(jobs)
+        """Queue ``jobs`` for the next free worker; what goes in bulk is held apart
+        (:mod:`receiver.dispatch.bulk_groups`)."""
+        now = self.bulk.hold(jobs, backlog=backlog)
+        if not backlog:
+            self.ready.extend(self.bulk.flush())  # a round that is no backlog: no backlog
+        self.ready.extend(now)
         self._signal.set()
+
+    def queued(self) -> list[ContactWork]:
+        """Every job waiting for a worker, those held for the bulk path included."""
+        return [*self.ready, *self.bulk.held()]
 
     def flush(self) -> None:
         """Send staged upserts the usual way: fewer than ``bulk_threshold`` came."""
-        if self.staged:
-            self.ready.extend(self.staged)
-            self.staged = []
+        staged = self.bulk.flush()
+        if staged:
+            self.ready.extend(staged)
             self._signal.set()
 
     def clear(self) -> None:
         """Forget every queued job (the dispatcher stops)."""
         self.ready.clear()
-        self.staged = []
-        self.bulk_ready.clear()
+        self.bulk.clear()
 
     async def run(self) -> None:
         """One worker: take ready jobs, call the target, record; forever."""
@@ -129,12 +130,16 @@ class TargetWorkers:
     def _bulk_free(self) -> bool:
         """True when a bulk group is ready and a worker may take it: bulk calls (minutes
         each, in a real org) leave one worker to webhooks whenever there are two."""
-        return bool(self.bulk_ready) and self._bulk_calls < max(1, self._workers - 1)
+        return bool(self.bulk.ready) and self._bulk_calls < max(1, self._workers - 1)
 
     async def _round(self) -> None:
+        self.ready.extend(self.bulk.release())
         while not self.ready and not self._bulk_free():
             self._signal.clear()
-            await self._signal.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.bulk.gather_left()):
+                    await self._signal.wait()
+            self.ready.extend(self.bulk.release())
         bulk = self._bulk_free()
         if not bulk:
             await self._fill()
@@ -142,7 +147,7 @@ class TargetWorkers:
                 return  # another worker took them meanwhile
         now = self.clock()
         if bulk:
-            batch = [job for job in self.bulk_ready.popleft() if self._in_time(job, now)]
+            batch = [job for job in self.bulk.ready.popleft() if self._in_time(job, now)]
         else:
             batch = self.take(now)
         if not batch:
@@ -182,7 +187,7 @@ class TargetWorkers:
         for job in self.ready:
             if job.op != "upsert" or job.request is None:
                 return False
-            if not burst and not _searched(job):
+            if not burst and not searched(job):
                 return False
         return self._full_kind() is None
 
@@ -320,9 +325,3 @@ class TargetWorkers:
             return
         job.deleted()
         log.info("contact_deleted", event_id=event.id, contact_id=job.object_id, records=count)
-
-
-def _searched(job: ContactWork) -> bool:
-    """True for a backfill or reconcile job: found by a search, nobody's webhook."""
-    carrier = job.plan.carrier
-    return carrier is not None and carrier.subscription_type in SEARCH_TYPES

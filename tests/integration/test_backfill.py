@@ -22,6 +22,7 @@ from receiver.web.app import create_app
 from receiver.web.context import AppContext
 from tests.conftest import build_settings
 from tests.fakes.hubspot import ALWAYS, FakeHubSpot, create_fake_hubspot
+from tests.fakes.salesforce import FakeSalesforce
 from tests.integration.conftest import Backend, fresh_schema, postgres_dsn
 from tests.integration.test_two_instances import service_dsn
 from tests.support.servers import running_server
@@ -160,6 +161,31 @@ async def test_backfill_syncs_every_contact_in_the_synced_stages_past_the_search
     for object_id in wanted:
         stage = fake.contacts[object_id]["lifecyclestage"]
         assert kinds[object_id] == ("contact" if stage in ("opportunity", "customer") else "lead")
+
+
+async def test_a_backfill_past_the_bulk_threshold_goes_to_salesforce_in_bulk_jobs(
+    tmp_path: Path, database: Backend
+) -> None:
+    fake = portal(2000)  # 1,200 in synced stages
+    wanted = synced_ids(fake)
+    salesforce = FakeSalesforce()
+    async with running_server(salesforce.app) as sf_url:
+        overrides = {
+            "target": "salesforce",
+            "salesforce_instance_url": sf_url,
+            "salesforce_access_token": salesforce.access_token,
+            "salesforce_bulk_threshold": 500,
+        }
+        async with service(tmp_path, database.url, fake, **overrides) as svc:
+            job_id = await svc.start_backfill()
+            await svc.until_job(job_id, "done")
+            events = await svc.settle()
+    assert {e.state for e in events} == {"synced"} and len(events) == len(wanted)
+    assert sorted(int(key) for _, key in salesforce.records) == wanted
+    in_bulk = sum(len(job.succeeded) for job in salesforce.bulk.jobs.values())
+    # Groups of 500 and more go in bulk; what is left after the last one goes in collections.
+    assert in_bulk >= 1000, dict(salesforce.calls)
+    assert salesforce.calls["upsert"] == 0
 
 
 async def test_backfill_of_given_stages_takes_only_those(tmp_path: Path, database: Backend) -> None:

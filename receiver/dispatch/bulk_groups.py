@@ -1,0 +1,108 @@
+"""Upserts held back for a target's bulk path until a bulk job's worth is ready.
+
+A target with a bulk path (:class:`~receiver.targets.base.BulkTarget`, Salesforce's Bulk
+API 2.0) takes large syncs as one ``bulk_upsert`` of ``threshold`` records or more. Two
+kinds of work are held for it:
+
+- **A backlog's upserts** (rounds the dispatcher marks ``backlog``) are *staged* until
+  ``threshold`` of them are ready at once. A round that is no backlog, or the claim loop
+  running out of work or room, sends what is staged the usual way (:meth:`flush`).
+- **Backfill and reconcile upserts** are *gathered* apart. A backfill queues its
+  contacts a search page at a time, with webhook rounds and empty claims in between, so
+  only time lets them go the usual way: :data:`GATHER_IDLE_S` without another, or
+  :data:`GATHER_MAX_S` after the first (well inside half a lease, when a job must have
+  started).
+
+Each full group waits in :attr:`BulkGroups.ready` for a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from receiver.dispatch.work import ContactWork
+from receiver.sync.rules import SEARCH_TYPES
+
+#: Gathered upserts go the usual way after this long without another.
+GATHER_IDLE_S = 2.0
+#: ... or this long after the first of them.
+GATHER_MAX_S = 20.0
+
+
+def searched(job: ContactWork) -> bool:
+    """True for a backfill or reconcile job: found by a search, nobody's webhook."""
+    carrier = job.plan.carrier
+    return carrier is not None and carrier.subscription_type in SEARCH_TYPES
+
+
+def _bulk_upsert(job: ContactWork) -> bool:
+    return job.op == "upsert" and searched(job)
+
+
+class BulkGroups:
+    """Staged and gathered upserts, and the groups ready for one ``bulk_upsert`` each."""
+
+    def __init__(self, threshold: int, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Records a bulk job takes at least; 0: the target has no bulk path.
+        self.threshold = threshold
+        self.clock = clock
+        self.staged: list[ContactWork] = []
+        self.gathered: list[ContactWork] = []
+        self._gathered_at = (0.0, 0.0)  # the first and the last gathered
+        self.ready: deque[list[ContactWork]] = deque()
+
+    def hold(self, jobs: Sequence[ContactWork], *, backlog: bool) -> list[ContactWork]:
+        """Hold what of ``jobs`` goes in bulk; returns the jobs to queue now."""
+        if self.threshold <= 0:
+            return list(jobs)
+        self._gather([j for j in jobs if _bulk_upsert(j)])
+        rest = [j for j in jobs if not _bulk_upsert(j)]
+        if not backlog:
+            return rest
+        self.staged.extend(j for j in rest if j.op == "upsert")
+        if len(self.staged) >= self.threshold:
+            self.ready.append(self.staged)
+            self.staged = []
+        return [j for j in rest if j.op != "upsert"]
+
+    def _gather(self, jobs: list[ContactWork]) -> None:
+        if not jobs:
+            return
+        now = self.clock()
+        first = self._gathered_at[0] if self.gathered else now
+        self._gathered_at = (first, now)
+        self.gathered.extend(jobs)
+        if len(self.gathered) >= self.threshold:
+            self.ready.append(self.gathered)
+            self.gathered = []
+
+    def flush(self) -> list[ContactWork]:
+        """The staged upserts, to go the usual way: fewer than ``threshold`` came."""
+        out, self.staged = self.staged, []
+        return out
+
+    def gather_left(self) -> float | None:
+        """Seconds until the gathered upserts go the usual way; None when none gather."""
+        if not self.gathered:
+            return None
+        first, last = self._gathered_at
+        due = min(last + GATHER_IDLE_S, first + GATHER_MAX_S)
+        return max(0.0, due - self.clock())
+
+    def release(self) -> list[ContactWork]:
+        """The gathered upserts once they waited long enough, to go the usual way."""
+        if self.gather_left() != 0.0:
+            return []
+        out, self.gathered = self.gathered, []
+        return out
+
+    def held(self) -> list[ContactWork]:
+        """Every job held here."""
+        return [*self.staged, *self.gathered, *(j for group in self.ready for j in group)]
+
+    def clear(self) -> None:
+        """Forget every held job (the dispatcher stops)."""
+        self.staged, self.gathered = [], []
+        self.ready.clear()
