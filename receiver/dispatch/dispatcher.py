@@ -48,20 +48,18 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
 from receiver.dispatch.recorder import FailureObserver, RoundRecorder
+from receiver.dispatch.resolver import ContactReader, RoundResolver
 from receiver.dispatch.work import ContactWork, breathe
 from receiver.dispatch.workers import TargetWorkers
-from receiver.errors import RateLimited
 from receiver.models import ClaimedContact
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
 from receiver.ops.redaction import SecretScrubber
 from receiver.store.base import EventStore
-from receiver.sync.mapping import hubspot_properties
 from receiver.sync.retry import RetryPolicy
-from receiver.sync.rules import RoutingConfig, carried_properties, plan_contact
+from receiver.sync.rules import RoutingConfig, plan_contact
 from receiver.targets.base import Target
 
 __all__ = ["ContactReader", "Dispatcher"]
@@ -81,16 +79,6 @@ FULL_READS = 3
 BACKLOG_S = 1.0
 #: While webhook commits keep coming, at most one claim round per this many seconds.
 INGEST_PACE_S = 0.1
-
-
-class ContactReader(Protocol):
-    """Reads current contact properties (the HubSpot client)."""
-
-    async def batch_read(
-        self, ids: Sequence[int], properties: Sequence[str], now: float
-    ) -> dict[int, dict[str, str | None]]:
-        """Properties of the contacts that exist; missing ones are absent."""
-        ...
 
 
 class Dispatcher:
@@ -122,12 +110,10 @@ class Dispatcher:
         #: The routing in force, read once per round (the live sync settings); else
         #: ``routing`` always.
         self.live_routing = live_routing
-        self.mappings = mappings
         self.owner = owner or f"stagesync-{uuid.uuid4().hex[:12]}"
         self.lease_s = lease_s
         self.concurrency = concurrency
         self.clock = clock
-        self.properties = hubspot_properties(*mappings.values())
         self.claim_size = HUBSPOT_BATCH if hubspot is not None else target.batch_size
         self.max_in_flight = max_in_flight or max(
             self.claim_size, CALLS_AHEAD * concurrency * target.batch_size
@@ -145,8 +131,6 @@ class Dispatcher:
         self._reading = 0
         self._arrived = 0
         self._leased: dict[int, ContactWork] = {}
-        #: Rate-limit answers from HubSpot in a row (the workers count the target's).
-        self._hubspot_streak = 0
         self.recorder = RoundRecorder(
             store=store,
             owner=self.owner,
@@ -158,6 +142,7 @@ class Dispatcher:
             metrics=metrics,
             alerts=alerts,
         )
+        self.resolver = RoundResolver(hubspot=hubspot, mappings=mappings, fail=self.recorder.fail)
         self.workers = TargetWorkers(
             target=target,
             clock=clock,
@@ -343,7 +328,7 @@ class Dispatcher:
         """
         try:
             try:
-                await self._resolve(jobs, now, routing)
+                await self.resolver.resolve(jobs, now, routing)
             finally:
                 self._reading -= 1
                 # Waiting workers look again once this task yields: by then what was
@@ -373,40 +358,6 @@ class Dispatcher:
             lease_until=now + self.lease_s,
             start_by=now + self.lease_s * START_WITHIN,
         )
-
-    async def _resolve(self, jobs: list[ContactWork], now: float, routing: RoutingConfig) -> None:
-        """Fetch current properties for the jobs that sync, and decide each one."""
-        syncing = [j for j in jobs if j.plan.carrier is not None and j.plan.delete is None]
-        if not syncing:
-            return
-        # A backfill or reconcile event carries what HubSpot's search answered: no read.
-        carried = {}
-        for job in syncing:
-            assert job.plan.carrier is not None
-            props = carried_properties(job.plan.carrier)
-            if props is not None:
-                carried[job.object_id] = props
-        to_read = [j for j in syncing if j.object_id not in carried]
-        fetched: dict[int, dict[str, str | None]] | None = None
-        if self.hubspot is not None and to_read:
-            try:
-                fetched = await self.hubspot.batch_read(
-                    [j.object_id for j in to_read], self.properties, now
-                )
-                self._hubspot_streak = 0
-            except Exception as exc:
-                if isinstance(exc, RateLimited):
-                    self._hubspot_streak += 1
-                self.recorder.fail(to_read, exc, "hubspot", self._hubspot_streak)
-                syncing = [j for j in syncing if j.object_id in carried]
-        for n, job in enumerate(syncing, 1):
-            if job.object_id in carried:
-                job.resolve(carried[job.object_id], routing, self.mappings)
-            elif fetched is not None:
-                job.resolve(fetched.get(job.object_id), routing, self.mappings)
-            else:
-                job.resolve_from_webhook(routing, self.mappings)
-            await breathe(n)
 
     # -- recording -------------------------------------------------------------------
 
