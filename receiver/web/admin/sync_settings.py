@@ -164,7 +164,8 @@ async def delete_settings(request: Request, ctx: AppContext, caller: Caller) -> 
 
 
 async def get_history(request: Request, ctx: AppContext, caller: Caller) -> Response:
-    """``GET /admin/sync-settings/history``: every change, newest first."""
+    """``GET /admin/sync-settings/history``: the newest ``HISTORY_LIMIT`` changes, newest
+    first (the database keeps every one)."""
     entries = await ctx.store.sync_settings_history(HISTORY_LIMIT)
     return JSON(
         {
