@@ -74,3 +74,19 @@ async def test_the_backlog_is_reported_only_past_the_threshold() -> None:
         now["t"] = 1_000.0 + 1801
         await alerts.check_backlog()
         assert alerts._tally.backlog_age_s == 1801
+
+
+async def test_an_event_in_flight_is_no_backlog_but_one_no_lease_holds_is() -> None:
+    store = InMemoryStore()
+    now = {"t": 1_000.0}
+    async with httpx.AsyncClient() as http:
+        alerts = Alerts(http=http, url="http://127.0.0.1:9/x", store=store, interval_s=300,
+                        backlog_s=1800, clock=lambda: now["t"])  # fmt: skip
+        await store.ingest(to_new_events([event(1, "lead")]), 1_000.0)
+        await store.claim("a", 2_000.0, 3600, 10)  # a long target call, lease held
+        now["t"] = 1_000.0 + 2000
+        await alerts.check_backlog()
+        assert alerts._tally.empty()
+        await store.ingest(to_new_events([event(2, "lead")]), 1_100.0)
+        await alerts.check_backlog()
+        assert alerts._tally.backlog_age_s == 1900
