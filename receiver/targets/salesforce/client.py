@@ -21,10 +21,10 @@ import httpx
 import structlog
 
 from receiver.errors import AuthExpired
-from receiver.targets.http import counted_request
+from receiver.targets.http import counted_request, json_or_none
 from receiver.targets.salesforce.auth import Session, TokenSource
 from receiver.targets.salesforce.budget import ApiBudget
-from receiver.targets.salesforce.errors import first_error, json_or_none, parse_limit_info
+from receiver.targets.salesforce.errors import first_error, parse_limit_info
 from receiver.targets.salesforce.soap import (
     SOAP_HEADERS,
     fault,

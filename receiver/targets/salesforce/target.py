@@ -47,12 +47,13 @@ from pydantic import SecretStr
 from receiver.errors import PermanentError, TransientError, UpstreamError
 from receiver.models import Kind
 from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
+from receiver.targets.http import json_or_none
 from receiver.targets.salesforce.auth import TokenSource
 from receiver.targets.salesforce.budget import RECHECK_S, ApiBudget
 from receiver.targets.salesforce.bulk import BulkUpserts
 from receiver.targets.salesforce.client import SalesforceClient
 from receiver.targets.salesforce.convert import Conversions, is_converted_lead
-from receiver.targets.salesforce.errors import json_or_none, record_result, response_error
+from receiver.targets.salesforce.errors import record_result, response_error
 from receiver.targets.salesforce.fields import (
     DEFAULT_EXTERNAL_ID_FIELD,
     OBJECTS,
