@@ -44,6 +44,12 @@ NEXT_DUE = f"SELECT min(next_attempt_at) FROM events WHERE {OPEN_SQL}"
 LAST_SYNCED = "SELECT value FROM meta WHERE key = 'last_synced_at'"
 
 
+def unleased_sql(now: str) -> str:
+    """The condition that no instance holds a lease on the event's contact at ``now``, a
+    placeholder."""
+    return f"object_id NOT IN (SELECT object_id FROM contact_leases WHERE until > {now})"
+
+
 def oldest_open_sql(due: str | None, index: str = "", *, in_flight: bool = True) -> str:
     """``received_at`` of the oldest open event; with the placeholder ``due``, only of those
     due by then, and without ``in_flight`` only of those whose contact is not leased then.
@@ -52,8 +58,7 @@ def oldest_open_sql(due: str | None, index: str = "", *, in_flight: bool = True)
     if due is not None:
         where += f" AND next_attempt_at <= {due}"
         if not in_flight:
-            leased = f"SELECT object_id FROM contact_leases WHERE until > {due}"
-            where += f" AND object_id NOT IN ({leased})"
+            where += f" AND {unleased_sql(due)}"
     return f"SELECT received_at FROM events{index} WHERE {where} ORDER BY id LIMIT 1"
 
 
