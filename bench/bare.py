@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-# The options `stagesync serve` (receiver/cli/main.py) passes to uvicorn.run; loop and http
+# The options `stagesync serve` (receiver/cli/serve.py) passes to uvicorn.run; loop and http
 # are left to uvicorn's "auto", which picks uvloop and httptools when they are installed
 # (uvicorn[standard]). Keep the two in step so the comparison stays fair.
 UVICORN_OPTIONS: dict[str, Any] = {

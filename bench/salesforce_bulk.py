@@ -22,7 +22,8 @@ import httpx
 from bench.report import Row
 from receiver.errors import UpstreamError
 from receiver.targets.base import UpsertRequest, UpsertResult
-from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
+from receiver.targets.salesforce.config import SalesforceConfig
+from receiver.targets.salesforce.target import SalesforceTarget
 from tests.fakes.salesforce import FakeSalesforce
 from tests.support.servers import running_server
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from receiver.settings import Settings, load_settings
+from receiver.settings import Settings
+from receiver.settings_loading import load_settings
 from tests.support.postgres_cluster import session_cluster
 
 SECRET = "test-client-secret-0123456789"

@@ -18,7 +18,8 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from receiver.errors import ConfigError
-from receiver.settings import ENV_PREFIX, Settings, load_settings, unknown_variables
+from receiver.settings import ENV_PREFIX, Settings
+from receiver.settings_loading import load_settings, unknown_variables
 from receiver.store.base import EventStore
 from receiver.store.factory import make_store
 from receiver.store.sqlite.store import sqlite_path

@@ -16,8 +16,8 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import httpx
-import orjson
 
+from receiver.cli.arguments import print_json
 from receiver.cli.store import settings_from_args, with_store
 from receiver.dispatch.sync_settings import read_in_force, save, sync_settings_json
 from receiver.hubspot.client import HubSpotClient
@@ -62,7 +62,7 @@ async def _portal_stages(settings: Settings) -> Collection[str] | None:
 
 def _show(doc: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        print_json(doc)
         return
     source = "saved" if doc["source"] == "database" else "configured (environment or TOML)"
     print(f"sync settings: version {doc['version']}, {source}")

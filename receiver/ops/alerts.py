@@ -39,8 +39,11 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 class BacklogSource(Protocol):
     """What the backlog alert reads from the event store (any ``EventStore`` fits)."""
 
-    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
-        """``received_at`` of the oldest open event, counting only those due by ``due_at``."""
+    async def oldest_open_received_at(
+        self, due_at: float | None = None, *, in_flight: bool = True
+    ) -> float | None:
+        """``received_at`` of the oldest open event, counting only those due by ``due_at``
+        (and, unless ``in_flight``, not leased then)."""
         ...
 
 
@@ -168,7 +171,8 @@ class Alerts:
         """Report the backlog if the oldest due event waited over ``backlog_s``."""
         now = self.clock()
         try:
-            oldest = await self.store.oldest_open_received_at(due_at=now)
+            # The SPEC's due events: an event in flight is the dispatcher's, not a backlog.
+            oldest = await self.store.oldest_open_received_at(due_at=now, in_flight=False)
         except Exception as exc:
             log.warning("alert_backlog_check_failed", error=type(exc).__name__)
             return

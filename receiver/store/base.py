@@ -146,11 +146,14 @@ class EventStore(Protocol):
         """Count of events per state and reason (``""`` for none), without a scan."""
         ...
 
-    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
+    async def oldest_open_received_at(
+        self, due_at: float | None = None, *, in_flight: bool = True
+    ) -> float | None:
         """``received_at`` of the oldest pending or retrying event.
 
         With ``due_at``, only events whose next attempt is due by then: work waiting on
-        the dispatcher, not on a backoff or a rate limit.
+        the dispatcher, not on a backoff or a rate limit. With ``due_at`` and not
+        ``in_flight``, also not those of a contact leased then (a claim has them).
         """
         ...
 

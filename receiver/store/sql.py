@@ -44,11 +44,22 @@ NEXT_DUE = f"SELECT min(next_attempt_at) FROM events WHERE {OPEN_SQL}"
 LAST_SYNCED = "SELECT value FROM meta WHERE key = 'last_synced_at'"
 
 
-def oldest_open_sql(due: str | None, index: str = "") -> str:
+def unleased_sql(now: str) -> str:
+    """The condition that no instance holds a lease on the event's contact at ``now``, a
+    placeholder."""
+    return f"object_id NOT IN (SELECT object_id FROM contact_leases WHERE until > {now})"
+
+
+def oldest_open_sql(due: str | None, index: str = "", *, in_flight: bool = True) -> str:
     """``received_at`` of the oldest open event; with the placeholder ``due``, only of those
-    due by then. ``index`` names the index to read (SQLite: ``INDEXED BY ...``)."""
-    due_at = "" if due is None else f" AND next_attempt_at <= {due}"
-    return f"SELECT received_at FROM events{index} WHERE {OPEN_SQL}{due_at} ORDER BY id LIMIT 1"
+    due by then, and without ``in_flight`` only of those whose contact is not leased then.
+    ``index`` names the index to read (SQLite: ``INDEXED BY ...``)."""
+    where = OPEN_SQL
+    if due is not None:
+        where += f" AND next_attempt_at <= {due}"
+        if not in_flight:
+            where += f" AND {unleased_sql(due)}"
+    return f"SELECT received_at FROM events{index} WHERE {where} ORDER BY id LIMIT 1"
 
 
 def replay_set(now: str) -> str:

@@ -38,7 +38,8 @@ def make_target(
     ``name`` and ``config`` are ``Settings.target`` and ``Settings.target_settings``.
     """
     if name == "salesforce":
-        from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
+        from receiver.targets.salesforce.config import SalesforceConfig
+        from receiver.targets.salesforce.target import SalesforceTarget
         from receiver.targets.salesforce.usage import UsageLogger
 
         config = SalesforceConfig.from_settings(config)

@@ -46,7 +46,7 @@ from receiver.errors import (
     TransientError,
     UpstreamError,
 )
-from receiver.targets.http import json_or_none, retry_after, status_class
+from receiver.targets.http import counted_request, json_or_none, retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -220,20 +220,15 @@ class TokenSource:
 
     async def _request(self, generation: int) -> Token:
         assert self._form is not None
-        try:
-            response = await self._http.post(
-                self._token_url, data=self._form, headers={"Accept": "application/json"}
-            )
-        except httpx.TimeoutException as exc:
-            self._count("error")
-            raise TransientError("timeout", f"the {self.label} token endpoint timed out") from exc
-        except httpx.RequestError as exc:
-            self._count("error")
-            raise TransientError(
-                "connection_error",
-                f"could not reach the {self.label} token endpoint ({type(exc).__name__})",
-            ) from exc
-        self._count(status_class(response.status_code))
+        response = await counted_request(
+            self._http,
+            "POST",
+            self._token_url,
+            label=f"the {self.label} token endpoint",
+            on_call=self._on_call,
+            data=self._form,
+            headers={"Accept": "application/json"},
+        )
         body = json_or_none(response)
         body = body if isinstance(body, dict) else {}
         status = response.status_code
@@ -277,10 +272,6 @@ class TokenSource:
         if seconds <= 0:
             return None
         return self._clock() + seconds - min(EARLY_S, seconds / 2)
-
-    def _count(self, status: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status)
 
 
 def _oauth_error(body: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -134,7 +134,7 @@ class InMemoryStore(InMemoryJobs):
         self._notify()
         return IngestResult(accepted, duplicates, invalid)
 
-    def _leased(self, object_id: int, now: float) -> bool:
+    def _leased(self, object_id: int | None, now: float) -> bool:
         lease = self.leases.get(object_id)
         return lease is not None and lease[1] > now
 
@@ -262,13 +262,18 @@ class InMemoryStore(InMemoryJobs):
             reasons[r.event.reason or ""] = reasons.get(r.event.reason or "", 0) + 1
         return out
 
-    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
-        """``received_at`` of the oldest open event (due by ``due_at`` when given)."""
-        times = [
-            r.event.received_at
-            for r in self.rows.values()
-            if r.event.state in OPEN_STATES and (due_at is None or r.next_attempt_at <= due_at)
-        ]
+    async def oldest_open_received_at(
+        self, due_at: float | None = None, *, in_flight: bool = True
+    ) -> float | None:
+        """``received_at`` of the oldest open event (due by ``due_at`` when given, and
+        not leased then unless ``in_flight``)."""
+        if due_at is None:
+            rows = [r for r in self.rows.values() if r.event.state in OPEN_STATES]
+        else:
+            rows = self._due(due_at)
+            if not in_flight:
+                rows = [r for r in rows if not self._leased(r.event.object_id, due_at)]
+        times = [r.event.received_at for r in rows]
         return min(times) if times else None
 
     async def last_synced_at(self) -> float | None:

@@ -12,7 +12,8 @@ import pytest
 from receiver.errors import PermanentError, RateLimited
 from receiver.targets.base import UpsertRequest, UpsertResult
 from receiver.targets.salesforce.budget import BUDGET_CODE
-from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
+from receiver.targets.salesforce.config import SalesforceConfig
+from receiver.targets.salesforce.target import SalesforceTarget
 from tests.fakes.salesforce import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, FakeSalesforce
 from tests.support.servers import running_server
 

@@ -17,8 +17,9 @@ from receiver.errors import (
     UpstreamError,
 )
 from receiver.targets.base import UpsertRequest, UpsertResult
+from receiver.targets.salesforce.config import SalesforceConfig
 from receiver.targets.salesforce.fields import PLACEHOLDER
-from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
+from receiver.targets.salesforce.target import SalesforceTarget
 from tests.fakes.salesforce import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, FakeSalesforce
 from tests.support.servers import running_server
 

@@ -308,6 +308,27 @@ async def test_oldest_open_is_the_oldest_pending_or_retrying_event(store: EventS
     assert await store.oldest_open_received_at() is None
 
 
+async def test_an_event_in_flight_is_not_due_work_until_its_lease_ends(store: EventStore) -> None:
+    await store.ingest(batch(event(1, "lead")), NOW)
+    await store.ingest(batch(event(2, "lead")), NOW + 10)
+    await claim_map(store, "a", NOW + 11, lease_s=30, max_contacts=1)  # contact 1, in flight
+
+    async def oldest_due(at: float) -> float | None:
+        return await store.oldest_open_received_at(due_at=at, in_flight=False)
+
+    assert await oldest_due(NOW + 20) == NOW + 10
+    # Readiness and /status still count it: a call that hangs holds the queue up.
+    assert await store.oldest_open_received_at(due_at=NOW + 20) == NOW
+    assert await store.oldest_open_received_at() == NOW
+    # An event that arrives for the leased contact waits on the lease, as a claim does.
+    await store.ingest(batch(event(1, "customer")), NOW + 12)
+    assert await oldest_due(NOW + 20) == NOW + 10
+    await claim_map(store, "a", NOW + 21, lease_s=30, max_contacts=1)  # contact 2 as well
+    assert await oldest_due(NOW + 22) is None
+    # The owner died holding the lease: once it ends, the events are due work again.
+    assert await oldest_due(NOW + 42) == NOW
+
+
 # -- replay and purge ----------------------------------------------------------------
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
+import pytest
 from structlog.testing import capture_logs
 
 from receiver.hubspot.payload import to_new_events
@@ -59,18 +62,47 @@ async def test_reports_only_add_to_the_tally() -> None:
         assert alerts._tally.refused == {"HubSpot API": {"INVALID_AUTHENTICATION"}}
 
 
-async def test_the_backlog_is_reported_only_past_the_threshold() -> None:
-    store = InMemoryStore()
-    now = {"t": 1_000.0}
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def backlog() -> AsyncIterator[tuple[Alerts, InMemoryStore, Clock]]:
+    """Backlog alerts over 1800 s on an in-memory store, at the clock's time."""
+    store, clock = InMemoryStore(), Clock(1_000.0)
     async with httpx.AsyncClient() as http:
-        alerts = Alerts(http=http, url="http://127.0.0.1:9/x", store=store, interval_s=300,
-                        backlog_s=1800, clock=lambda: now["t"])  # fmt: skip
-        await alerts.check_backlog()
-        assert alerts._tally.empty()
-        await store.ingest(to_new_events([event(1, "lead")]), 1_000.0)
-        now["t"] = 1_000.0 + 1800
-        await alerts.check_backlog()
-        assert alerts._tally.empty()
-        now["t"] = 1_000.0 + 1801
-        await alerts.check_backlog()
-        assert alerts._tally.backlog_age_s == 1801
+        yield Alerts(http=http, url="http://127.0.0.1:9/x", store=store, interval_s=300,
+                     backlog_s=1800, clock=clock), store, clock  # fmt: skip
+
+
+async def test_the_backlog_is_reported_only_past_the_threshold(
+    backlog: tuple[Alerts, InMemoryStore, Clock],
+) -> None:
+    alerts, store, clock = backlog
+    await alerts.check_backlog()
+    assert alerts._tally.empty()
+    await store.ingest(to_new_events([event(1, "lead")]), 1_000.0)
+    clock.now = 1_000.0 + 1800
+    await alerts.check_backlog()
+    assert alerts._tally.empty()
+    clock.now = 1_000.0 + 1801
+    await alerts.check_backlog()
+    assert alerts._tally.backlog_age_s == 1801
+
+
+async def test_an_event_in_flight_is_no_backlog_but_one_no_lease_holds_is(
+    backlog: tuple[Alerts, InMemoryStore, Clock],
+) -> None:
+    alerts, store, clock = backlog
+    await store.ingest(to_new_events([event(1, "lead")]), 1_000.0)
+    await store.claim("a", 2_000.0, 3600, 10)  # a long target call, lease held
+    clock.now = 1_000.0 + 2000
+    await alerts.check_backlog()
+    assert alerts._tally.empty()
+    await store.ingest(to_new_events([event(2, "lead")]), 1_100.0)
+    await alerts.check_backlog()
+    assert alerts._tally.backlog_age_s == 1900

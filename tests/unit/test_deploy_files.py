@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from receiver.settings import ENV_PREFIX, known_env_names
+from receiver.settings import ENV_PREFIX
+from receiver.settings_loading import known_env_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy"

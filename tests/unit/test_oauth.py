@@ -180,13 +180,22 @@ async def test_token_endpoint_answers_map_onto_the_error_tree(
     assert caught.value.code == code  # type: ignore[attr-defined]
 
 
-async def test_an_unreachable_endpoint_is_transient(make: Factory) -> None:
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [(httpx.ConnectError, "connection_error"), (httpx.ConnectTimeout, "timeout")],
+)
+async def test_an_unreachable_endpoint_is_transient_and_counted_as_an_error(
+    make: Factory, failure: type[httpx.RequestError], code: str
+) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
+        raise failure("no answer", request=request)
 
+    calls: list[str] = []
     with pytest.raises(TransientError) as caught:
-        await make(handler).token()
-    assert caught.value.code == "connection_error"
+        await make(handler, on_call=calls.append).token()
+    assert caught.value.code == code
+    assert "Example token endpoint" in caught.value.message
+    assert calls == ["error"]
 
 
 async def test_secrets_are_scrubbed_and_hidden_from_repr(make: Factory) -> None:

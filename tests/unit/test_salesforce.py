@@ -19,8 +19,9 @@ from receiver.errors import (
     UpstreamError,
 )
 from receiver.targets.base import UpsertRequest, UpsertResult
+from receiver.targets.salesforce.config import SalesforceConfig
 from receiver.targets.salesforce.fields import PLACEHOLDER
-from receiver.targets.salesforce.target import SalesforceConfig, SalesforceTarget
+from receiver.targets.salesforce.target import SalesforceTarget
 
 INSTANCE = "https://acme.my.salesforce.com"
 TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"

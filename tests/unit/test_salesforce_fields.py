@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
 import httpx
 
 from receiver.errors import PermanentError, RateLimited, TransientError
@@ -213,3 +216,11 @@ def test_response_error_300_names_the_key_and_the_matching_records() -> None:
     assert error.code == "MULTIPLE_CHOICES"
     assert error.message.startswith("HubSpot_Contact_ID__c=7 matched 2 Lead records")
     assert urls[1] in error.message
+
+
+def test_a_retry_after_date_is_honoured_as_the_other_targets_honour_it() -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    answer = httpx.Response(503, text="down", headers={"Retry-After": when})
+    error = response_error(answer, "Lead", "K=1", scrub)
+    assert type(error) is TransientError
+    assert error.retry_after is not None and 100 < error.retry_after <= 120

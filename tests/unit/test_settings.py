@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 
 from receiver.errors import ConfigError
-from receiver.settings import (
-    DEFAULT_CONTACT_STAGES,
-    DEFAULT_LEAD_STAGES,
-    known_env_names,
-    load_settings,
-)
+from receiver.settings import DEFAULT_CONTACT_STAGES, DEFAULT_LEAD_STAGES
+from receiver.settings_loading import known_env_names, load_settings
 from receiver.targets.salesforce.settings import SalesforceSettings
 from tests.conftest import SECRET
 from tests.support.process import run_cli

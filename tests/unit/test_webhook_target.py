@@ -137,13 +137,29 @@ async def test_answers_map_onto_the_error_tree(
         assert caught.value.message == '{"error": "invalid email"}'  # type: ignore[attr-defined]
 
 
-async def test_a_timeout_is_transient(make: Factory) -> None:
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [(httpx.ReadTimeout, "timeout"), (httpx.ConnectError, "connection_error")],
+)
+async def test_no_answer_is_transient_and_counted_as_an_error(
+    failure: type[httpx.RequestError], code: str
+) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("slow", request=request)
+        if request.headers["webhook-id"].endswith("_lead"):
+            raise failure("no answer", request=request)
+        return httpx.Response(204)
 
-    with pytest.raises(TransientError) as caught:
-        await make(handler).upsert(UpsertRequest("lead", "1", {}))
-    assert caught.value.code == "timeout"
+    calls: list[str] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        settings = WebhookSettings(url=URL, secret=SECRET)
+        target = WebhookTarget(settings=settings, http=client, on_call=calls.append)
+        with pytest.raises(TransientError) as caught:
+            await target.upsert(UpsertRequest("lead", "1", {}, event=EventRef(7, 1)))
+        await target.upsert(UpsertRequest("contact", "1", {}, event=EventRef(8, 1)))
+    assert type(caught.value) is TransientError
+    assert caught.value.code == code
+    assert "webhook endpoint" in caught.value.message
+    assert calls == ["error", "2xx"]
 
 
 async def test_delete_posts_both_kinds_and_absent_records_count_as_done(make: Factory) -> None:

@@ -267,12 +267,15 @@ class PostgresStore(PostgresJobs):
             out.setdefault(state, {})[reason] = int(n)
         return out
 
-    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
+    async def oldest_open_received_at(
+        self, due_at: float | None = None, *, in_flight: bool = True
+    ) -> float | None:
         """``received_at`` of the oldest open event (through the partial index)."""
         if due_at is None:
             value = await self.pool.fetchval(shared.oldest_open_sql(None))
         else:
-            value = await self.pool.fetchval(shared.oldest_open_sql("$1"), due_at)
+            sql = shared.oldest_open_sql("$1", in_flight=in_flight)
+            value = await self.pool.fetchval(sql, due_at)
         return float(value) if value is not None else None
 
     async def last_synced_at(self) -> float | None:

@@ -20,7 +20,7 @@ import orjson
 
 from receiver.models import ClaimedContact, ContactState, ContactUpdate, Outcome
 from receiver.store.rows import EVENT_COLUMNS, claimed_contacts, history_rows
-from receiver.store.sql import CLAIM_SCAN_PER_CONTACT, CONTACT_COLUMNS, OPEN_SQL
+from receiver.store.sql import CLAIM_SCAN_PER_CONTACT, CONTACT_COLUMNS, OPEN_SQL, unleased_sql
 
 # PostgreSQL asks the same (postgres/sql.py, CLAIM_CANDIDATES) its own way, for several
 # instances; here the writer holds the lock, only listed events count (see LIST_CHUNK), and
@@ -31,7 +31,7 @@ _DUE_CONTACTS = f"""
     SELECT object_id FROM (
         SELECT id, object_id FROM events INDEXED BY events_open
         WHERE {OPEN_SQL} AND listed AND next_attempt_at <= ?
-          AND object_id NOT IN (SELECT object_id FROM contact_leases WHERE until > ?)
+          AND {unleased_sql("?")}
         ORDER BY id LIMIT ?
     ) AS due
     GROUP BY object_id ORDER BY min(id) LIMIT ?

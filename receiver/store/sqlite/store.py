@@ -224,10 +224,13 @@ class SQLiteStore(SQLiteJobs):
                 out.setdefault(state, {})[reason] = n
         return out
 
-    async def oldest_open_received_at(self, due_at: float | None = None) -> float | None:
+    async def oldest_open_received_at(
+        self, due_at: float | None = None, *, in_flight: bool = True
+    ) -> float | None:
         """``received_at`` of the oldest open event (through the partial index)."""
+        due = None if due_at is None else "?1"
         # Named: without statistics SQLite may read events_state instead, every open event.
-        sql = shared.oldest_open_sql(None if due_at is None else "?", " INDEXED BY events_open")
+        sql = shared.oldest_open_sql(due, " INDEXED BY events_open", in_flight=in_flight)
         async with self._rc.execute(sql, () if due_at is None else (due_at,)) as cur:
             row = await cur.fetchone()
         return float(row[0]) if row else None

@@ -15,11 +15,8 @@ from typing import Any
 import httpx
 
 from receiver.errors import AuthExpired, PermanentError, UpstreamError
-from receiver.targets.http import status_class
 from receiver.targets.oauth import Token
 from receiver.targets.oauth import TokenSource as OAuthTokenSource
-
-__all__ = ["Session", "TokenSource", "status_class"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,9 @@ import httpx
 from receiver.errors import PermanentError, TransientError, UpstreamError
 from receiver.models import Kind
 from receiver.targets.base import UpsertRequest, UpsertResult
+from receiver.targets.http import json_or_none
 from receiver.targets.salesforce.client import SalesforceClient
-from receiver.targets.salesforce.errors import classify_error, json_or_none, response_error
+from receiver.targets.salesforce.errors import classify_error, response_error
 from receiver.targets.salesforce.fields import OBJECTS, prepare_fields
 
 #: CSV bytes per job: Salesforce takes 150 MB base64-encoded, about 100 MB raw.

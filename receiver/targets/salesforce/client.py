@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import structlog
 
-from receiver.errors import AuthExpired, TransientError
-from receiver.targets.salesforce.auth import Session, TokenSource, status_class
+from receiver.errors import AuthExpired
+from receiver.targets.http import counted_request, json_or_none
+from receiver.targets.salesforce.auth import Session, TokenSource
 from receiver.targets.salesforce.budget import ApiBudget
-from receiver.targets.salesforce.errors import first_error, json_or_none, parse_limit_info
+from receiver.targets.salesforce.errors import first_error, parse_limit_info
 from receiver.targets.salesforce.soap import (
     SOAP_HEADERS,
     fault,
@@ -150,24 +151,17 @@ class SalesforceClient:
         headers.update(extra or {})
         raw = content(session.access_token)
         async with self._semaphore:
-            try:
-                response = await self._http.request(
-                    method,
-                    session.instance_url + path,
-                    json=body if raw is None else None,
-                    content=raw,
-                    params=params,
-                    headers=headers,
-                )
-            except httpx.TimeoutException as exc:
-                self._count("error")
-                raise TransientError("timeout", f"Salesforce {method} timed out") from exc
-            except httpx.RequestError as exc:
-                self._count("error")
-                raise TransientError(
-                    "connection_error", f"could not reach Salesforce ({type(exc).__name__})"
-                ) from exc
-        self._count(status_class(response.status_code))
+            response = await counted_request(
+                self._http,
+                method,
+                session.instance_url + path,
+                label="Salesforce",
+                on_call=self._on_call,
+                json=body if raw is None else None,
+                content=raw,
+                params=params,
+                headers=headers,
+            )
         usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
         if usage is not None:
             self._observe(usage)
@@ -178,10 +172,6 @@ class SalesforceClient:
         self.budget.observe(*usage)
         if self._on_limit_info is not None:
             self._on_limit_info(*usage)
-
-    def _count(self, status: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status)
 
 
 def _expired(response: httpx.Response, soap: bool) -> bool:

@@ -24,7 +24,8 @@ import httpx
 
 from receiver.errors import PermanentError, TransientError, UpstreamError
 from receiver.targets.base import UpsertRequest, UpsertResult
-from receiver.targets.salesforce.errors import json_or_none, record_result, response_error
+from receiver.targets.http import json_or_none
+from receiver.targets.salesforce.errors import record_result, response_error
 from receiver.targets.salesforce.fields import prepare_fields
 from receiver.targets.salesforce.soap import (
     CONVERT_LIMIT,

@@ -13,7 +13,6 @@ Every message passes through ``scrub``, which removes known secrets.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +21,7 @@ import httpx
 
 from receiver.errors import PermanentError, RateLimited, TransientError, UpstreamError
 from receiver.targets.base import UpsertResult
+from receiver.targets.http import json_or_none, retry_after
 
 Scrub = Callable[[str], str]
 
@@ -43,14 +43,6 @@ def classify_error(code: str, message: str) -> UpstreamError:
     if code in _TRANSIENT_CODES:
         return TransientError(code, message)
     return PermanentError(code, message)
-
-
-def json_or_none(response: httpx.Response) -> Any:
-    """The answer's JSON, or None when it has none."""
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def error_message(error: Mapping[str, Any], scrub: Scrub) -> str:
@@ -117,12 +109,3 @@ def record_result(item: Any, scrub: Scrub) -> UpsertResult | UpstreamError:
             if isinstance(error, wanted):
                 return error
     return found[0]
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a delta-seconds ``Retry-After`` header, or None."""
-    try:
-        seconds = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None

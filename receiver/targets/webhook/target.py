@@ -39,7 +39,7 @@ import orjson
 from receiver.errors import PermanentError, RateLimited, TransientError, UpstreamError
 from receiver.models import Kind
 from receiver.targets.base import EventRef, UpsertRequest, UpsertResult
-from receiver.targets.http import body_excerpt, json_or_none, retry_after, status_class
+from receiver.targets.http import body_excerpt, counted_request, json_or_none, retry_after
 from receiver.targets.webhook.settings import WebhookSettings
 from receiver.targets.webhook.signing import Signer
 
@@ -163,23 +163,15 @@ class WebhookTarget:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         async with self._semaphore:
             headers |= self._signer.headers(message_id, body, self._clock())
-            try:
-                response = await self._http.post(self._url, content=body, headers=headers)
-            except httpx.TimeoutException as exc:
-                self._count("error")
-                raise TransientError("timeout", "the webhook endpoint timed out") from exc
-            except httpx.RequestError as exc:
-                self._count("error")
-                raise TransientError(
-                    "connection_error",
-                    f"could not reach the webhook endpoint ({type(exc).__name__})",
-                ) from exc
-        self._count(status_class(response.status_code))
-        return response
-
-    def _count(self, status: str) -> None:
-        if self._on_call is not None:
-            self._on_call(status)
+            return await counted_request(
+                self._http,
+                "POST",
+                self._url,
+                label="the webhook endpoint",
+                on_call=self._on_call,
+                content=body,
+                headers=headers,
+            )
 
 
 def _message_id(event: EventRef | None, kind: Kind, hubspot_id: str, body: bytes) -> str:
