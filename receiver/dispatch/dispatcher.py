@@ -6,13 +6,13 @@ workers* (``concurrency`` of them, in :mod:`receiver.dispatch.workers`) take eve
 job, up to the target's batch size, and make one call. A burst fills batches: while more
 of it is sure to come (:meth:`Dispatcher.more_coming`: the last claim was full, a claimed
 round is being read, or a batch's worth of webhook events came since the last claim),
-workers wait up to a second for a full batch of one kind; the burst's last round sends
-what is left. A lone event, or a trickle that never fills a claim, goes out as soon as a
-worker is free. A claim is read while the loop waits, so the next batch gathers
-meanwhile; but a backlog (a full claim whose oldest event waited over ``BACKLOG_S``) is
-read in the background while the loop claims on, up to ``FULL_READS`` at once, so it
-drains at the rate the HubSpot pacer allows, not one round trip at a time. A fresh burst
-stays on one read at a time, which re-reads fewer contacts.
+workers of a target whose calls are metered wait up to a second for a full batch of one
+kind; the burst's last round sends what is left. A lone event, or a trickle that never
+fills a claim, goes out as soon as a worker is free. A claim is read while the loop
+waits, so the next batch gathers meanwhile; but a backlog (a full claim whose oldest
+event waited over ``BACKLOG_S``) is read in the background while the loop claims on, up
+to ``FULL_READS`` at once, so it drains at the rate the HubSpot pacer allows, not one
+round trip at a time. A fresh burst stays on one read at a time, which re-reads fewer contacts.
 
 The claim loop is woken by each webhook commit and each recorded round (a released
 contact may have new events), and polls every second for due retries, CLI replays and

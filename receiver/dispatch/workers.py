@@ -13,7 +13,9 @@ What surrounds a call is passed in (the dispatcher's
 (``fail``), recording a round (``record``) and dropping jobs unrecorded (``give_up``).
 
 A worker waits (up to :data:`HOLD_S`) for a fuller batch only when the wait buys one: no
-kind has a full batch ready, and more of the same work is sure to come. Backfill and
+kind has a full batch ready, more of the same work is sure to come, and (for a webhook's
+job) the target's calls are metered (``calls_are_metered``: a CRM's API allowance, not
+the webhook target's POST per record or the dry-run's local writes). Backfill and
 reconcile jobs come by the thousand and are nobody's webhook waiting, so they always may
 wait. A webhook's job waits only while the dispatcher says more is coming
 (``more_coming``: its last claim was full, or a claimed round is still being read), that
@@ -183,7 +185,7 @@ class TargetWorkers:
 
     def _may_wait(self) -> bool:
         """True while every ready job may wait for company and no batch is full."""
-        burst = self.more_coming()
+        burst = self.target.calls_are_metered and self.more_coming()
         for job in self.ready:
             if job.op != "upsert" or job.request is None:
                 return False

@@ -72,6 +72,9 @@ class Target(Protocol):
     name: str
     batch_size: int  # most records one ``upsert_batch`` call takes
     one_kind_per_call: bool  # each of its calls carries Leads or Contacts, not both
+    #: Its calls count against an API allowance and a batch is one call, so a burst's
+    #: records are worth a short wait for a fuller batch (the dispatcher's workers).
+    calls_are_metered: bool
     supports_convert: bool  # whether promotion = "convert" is possible
 
     def api_status(self) -> dict[str, Any] | None:

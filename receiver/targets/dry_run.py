@@ -57,6 +57,7 @@ class DryRunTarget:
 
     name = "dry-run"
     one_kind_per_call = False
+    calls_are_metered = False  # local writes: a wait would buy nothing
     batch_size = 200
     supports_convert = False
 

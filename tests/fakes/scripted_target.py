@@ -50,6 +50,7 @@ class ScriptedTarget:
     name: str = "scripted"
     supports_convert: bool = False
     one_kind_per_call: bool = False
+    calls_are_metered: bool = True
     gate: asyncio.Event | None = None
     held: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[UpsertRequest] = field(default_factory=list)

@@ -94,6 +94,7 @@ class CountingTarget:
         self.name = inner.name
         self.batch_size = inner.batch_size
         self.one_kind_per_call = inner.one_kind_per_call
+        self.calls_are_metered = inner.calls_are_metered
         self.supports_convert = inner.supports_convert
         self.api_status = inner.api_status
         self.records: list[str] = []

@@ -371,6 +371,7 @@ class FlakyTarget:
         self.supports_convert = inner.supports_convert
         self.api_status = inner.api_status
         self.one_kind_per_call = inner.one_kind_per_call
+        self.calls_are_metered = inner.calls_are_metered
         self.default_mapping = inner.default_mapping
         self.delete = inner.delete
         self.aclose = inner.aclose

@@ -22,6 +22,7 @@ class BulkScript:
     batch_size = 3
     supports_convert = False
     one_kind_per_call = False
+    calls_are_metered = True
 
     def __init__(self, threshold: int) -> None:
         self.bulk_threshold = threshold

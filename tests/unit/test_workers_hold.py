@@ -30,6 +30,7 @@ class RecordingTarget:
     name = "recording"
     batch_size = 4
     one_kind_per_call = True  # like a Salesforce collection: one object type a call
+    calls_are_metered = True
 
     def __init__(self) -> None:
         self.batches: list[list[tuple[str, str]]] = []

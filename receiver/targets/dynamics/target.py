@@ -84,6 +84,7 @@ class DynamicsTarget:
 
     name = "dynamics"
     one_kind_per_call = False
+    calls_are_metered = True  # service protection limits, and one $batch a batch
     supports_convert = False
 
     def __init__(

@@ -72,6 +72,7 @@ class SalesforceTarget:
     """
 
     one_kind_per_call = True  # a collection upsert takes one sObject type
+    calls_are_metered = True  # the org's daily API allocation
     name = "salesforce"
     batch_size = COLLECTION_LIMIT
     supports_convert = True

@@ -62,6 +62,7 @@ class WebhookTarget:
 
     name = "webhook"
     one_kind_per_call = False
+    calls_are_metered = False  # one POST per record, batched or not
     supports_convert = False
 
     def __init__(

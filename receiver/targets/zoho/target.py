@@ -88,6 +88,7 @@ class ZohoTarget:
 
     name = "zoho"
     one_kind_per_call = True
+    calls_are_metered = True  # API credits per day
     supports_convert = False
 
     def __init__(
