@@ -238,8 +238,10 @@ class EventStore(Protocol):
         if the version is still ``expected_version``; None on a conflict. Durable."""
         ...
 
-    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
-        """The sync settings' changes, newest first."""
+    async def sync_settings_history(
+        self, limit: int = 100, before: int | None = None
+    ) -> list[SyncSettingsChange]:
+        """The sync settings' changes, newest first; with ``before``, only older versions."""
         ...
 
     async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:

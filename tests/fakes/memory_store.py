@@ -425,9 +425,11 @@ class InMemoryStore(InMemoryJobs):
         self.sync_history.insert(0, SyncSettingsChange(expected_version + 1, at, by, changes))
         return self.saved_sync
 
-    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
-        """Newest first."""
-        return self.sync_history[:limit]
+    async def sync_settings_history(
+        self, limit: int = 100, before: int | None = None
+    ) -> list[SyncSettingsChange]:
+        """Newest first; with ``before``, only older versions."""
+        return [c for c in self.sync_history if before is None or c.version < before][:limit]
 
     async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
         """Failed events by code, largest first."""

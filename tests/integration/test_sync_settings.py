@@ -298,6 +298,27 @@ MALFORMED = [
 ]
 
 
+async def test_the_history_pages_back_through_every_change(
+    tmp_path: Path, backend: Backend
+) -> None:
+    async with instance(tmp_path, backend) as a:
+        for version in range(5):
+            answer = await a.put({"version": version, "contact_sync": version % 2 == 1})
+            assert answer.status_code == 200, answer.text
+        first = (await a.get("/admin/sync-settings/history?limit=2")).json()
+        assert [h["version"] for h in first["history"]] == [5, 4]
+        second = (
+            await a.get(f"/admin/sync-settings/history?limit=2&before={first['next_before']}")
+        ).json()
+        assert [h["version"] for h in second["history"]] == [3, 2]
+        last = (
+            await a.get(f"/admin/sync-settings/history?limit=2&before={second['next_before']}")
+        ).json()
+        assert [h["version"] for h in last["history"]] == [1] and last["next_before"] is None
+        bad = await a.get("/admin/sync-settings/history?before=x")
+        assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+
+
 @pytest.mark.parametrize("body", MALFORMED)
 async def test_a_malformed_put_is_a_400_in_the_error_shape(
     tmp_path: Path, body: dict[str, Any]

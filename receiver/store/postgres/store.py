@@ -380,9 +380,11 @@ class PostgresStore(PostgresJobs):
         """Compare-and-set on the version, with a history entry; None on a conflict."""
         return await sync_settings.save(self.pool, values, expected_version, at, by, changes)
 
-    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
-        """The sync settings' changes, newest first."""
-        return await sync_settings.history(self.pool, limit)
+    async def sync_settings_history(
+        self, limit: int = 100, before: int | None = None
+    ) -> list[SyncSettingsChange]:
+        """The sync settings' changes, newest first; with ``before``, only older versions."""
+        return await sync_settings.history(self.pool, limit, before)
 
     async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
         """Failed events grouped by error code, largest group first."""

@@ -62,11 +62,12 @@ async def save(
     return SavedSyncSettings(int(new_version), values, at, by)
 
 
-async def history(pool: Any, limit: int) -> list[SyncSettingsChange]:
-    """Changes, newest first."""
+async def history(pool: Any, limit: int, before: int | None) -> list[SyncSettingsChange]:
+    """Changes older than version ``before`` (every one when None), newest first."""
     rows = await pool.fetch(
         "SELECT version, at, by, changes::text FROM sync_settings_history"
-        " ORDER BY version DESC LIMIT $1",
+        " WHERE $2::bigint IS NULL OR version < $2::bigint ORDER BY version DESC LIMIT $1",
         limit,
+        before,
     )
     return [sync_settings_change(*row) for row in rows]

@@ -360,9 +360,11 @@ class SQLiteStore(SQLiteJobs):
             sqlite_sync_settings.save, values, expected_version, at, by, changes, durable=True
         )
 
-    async def sync_settings_history(self, limit: int = 100) -> list[SyncSettingsChange]:
-        """The sync settings' changes, newest first."""
-        return await sqlite_sync_settings.history(self._rc, limit)
+    async def sync_settings_history(
+        self, limit: int = 100, before: int | None = None
+    ) -> list[SyncSettingsChange]:
+        """The sync settings' changes, newest first; with ``before``, only older versions."""
+        return await sqlite_sync_settings.history(self._rc, limit, before)
 
     async def failure_groups(self, samples: int = 5, limit: int = 50) -> list[FailureGroup]:
         """Failed events grouped by error code, largest group first."""

@@ -57,10 +57,13 @@ def save(
     return SavedSyncSettings(new_version, values, at, by)
 
 
-async def history(conn: aiosqlite.Connection, limit: int) -> list[SyncSettingsChange]:
-    """Changes, newest first."""
+async def history(
+    conn: aiosqlite.Connection, limit: int, before: int | None
+) -> list[SyncSettingsChange]:
+    """Changes older than version ``before`` (every one when None), newest first."""
     async with conn.execute(
-        "SELECT version, at, by, changes FROM sync_settings_history ORDER BY version DESC LIMIT ?",
-        (limit,),
+        "SELECT version, at, by, changes FROM sync_settings_history"
+        " WHERE ?1 IS NULL OR version < ?1 ORDER BY version DESC LIMIT ?2",
+        (before, limit),
     ) as cur:
         return [sync_settings_change(*row) for row in await cur.fetchall()]

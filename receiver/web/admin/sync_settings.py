@@ -20,9 +20,10 @@ from receiver.models import SyncValues
 from receiver.ops.presenters import iso
 from receiver.sync.sync_settings import SettingsProblem, clean_stages, holder_of
 from receiver.web.admin.api import api_endpoint, json_body
-from receiver.web.admin.params import BadParam
+from receiver.web.admin.params import BadParam, parse_limit
 from receiver.web.auth import Caller
 from receiver.web.context import AppContext
+from receiver.web.numbers import parse_uint
 from receiver.web.responses import JSON, error
 
 HISTORY_LIMIT = 100
@@ -164,15 +165,26 @@ async def delete_settings(request: Request, ctx: AppContext, caller: Caller) -> 
 
 
 async def get_history(request: Request, ctx: AppContext, caller: Caller) -> Response:
-    """``GET /admin/sync-settings/history``: the newest ``HISTORY_LIMIT`` changes, newest
-    first (the database keeps every one)."""
-    entries = await ctx.store.sync_settings_history(HISTORY_LIMIT)
+    """``GET /admin/sync-settings/history[?limit=N&before=V]``: every change, newest first,
+    a page of ``limit`` (default 100) at a time; ``next_before`` asks for the next page."""
+    limit = HISTORY_LIMIT
+    if "limit" in request.query_params:
+        limit = parse_limit(request.query_params["limit"])
+    before = None
+    if "before" in request.query_params:
+        before = parse_uint(request.query_params["before"])
+        if not before:
+            raise BadParam("'before' must be a settings version, a whole number from 1")
+    entries = await ctx.store.sync_settings_history(limit + 1, before)
+    more = len(entries) > limit
+    entries = entries[:limit]
     return JSON(
         {
             "history": [
                 {"version": e.version, "at": iso(e.at), "by": e.by, "changes": e.changes}
                 for e in entries
-            ]
+            ],
+            "next_before": entries[-1].version if more else None,
         }
     )
 
