@@ -28,7 +28,9 @@ alone: measured at the store, a page's commit four times a second does not slow 
 webhooks' commits; the cost comes with what the queued events bring into the process
 (wake-ups, claims, upserts, records), so only queueing less at a time helps. Pacing by
 the webhooks' rate rather than by their measured ack latency keeps the rule simple and
-predictable (and testable without timings); the bench shows its effect.
+predictable (and testable without timings); the bench shows its effect. The load is
+this process's: on PostgreSQL with several instances, a job gives way to the webhooks its
+own instance receives (their commits' cost elsewhere is only the shared database's).
 """
 
 from __future__ import annotations
