@@ -36,7 +36,7 @@ from bench import servers
 from bench.backends import Backend, backends_for
 from bench.e2e import service_env, settle
 from bench.report import Row
-from bench.tools import BenchError
+from bench.tools import BenchError, ensure_py_spy
 from receiver.store.factory import make_store
 from tests.fakes.hubspot import DEFAULT_TOKEN, FakeHubSpot
 from tests.fakes.salesforce import FakeSalesforce
@@ -131,6 +131,20 @@ def _paced(url: str, args: argparse.Namespace, first_contact: int) -> dict[str, 
     return result
 
 
+def _profiler(
+    server: servers.Server, args: argparse.Namespace, name: str
+) -> subprocess.Popen[bytes] | None:
+    # The service's stacks while the paced load runs: a flame graph per phase.
+    if not args.profile:
+        return None
+    out = Path(args.profile) / f"{name}.svg"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [ensure_py_spy(), "record", "--nonblocking", "--output", str(out)]
+    argv += ["--duration", str(max(1, round(args.duration))), "--pid", str(server.pid)]
+    print(f"bench: profiling the service into {out}", file=sys.stderr)
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _sf_calls(salesforce: FakeSalesforce | None) -> int:
     if salesforce is None:
         return 0
@@ -168,7 +182,10 @@ async def _measure(backend: Backend, args: argparse.Namespace, target: str) -> R
             try:
                 async with httpx.AsyncClient(timeout=60) as http:
                     # 1. the webhook load alone
+                    profiler = _profiler(server, args, f"backfill-{backend.name}-alone")
                     quiet = await asyncio.to_thread(_paced, server.url, args, 50_000_000)
+                    if profiler is not None:
+                        await asyncio.to_thread(profiler.wait)
                     await settle(http, base, 0)
                     reads_before = fake.batch_read_calls
                     target_before = _sf_calls(salesforce)
@@ -180,12 +197,15 @@ async def _measure(backend: Backend, args: argparse.Namespace, target: str) -> R
                     if answer.status_code != 202:
                         raise BenchError(f"backfill answered {answer.status_code}: {answer.text}")
                     job_id = answer.json()["id"]
+                    profiler = _profiler(server, args, f"backfill-{backend.name}-beside")
                     beside = asyncio.create_task(
                         asyncio.to_thread(_paced, server.url, args, 60_000_000)
                     )
                     job = await _job_done(http, base, job_id)
                     job_s = time.monotonic() - started
                     busy = await beside
+                    if profiler is not None:
+                        await asyncio.to_thread(profiler.wait)
                     status = await settle(http, base, 0, timeout_s=JOB_TIMEOUT_S)
                     wall_s = time.monotonic() - started
                     webhook_reads = fake.batch_read_calls - reads_before

@@ -12,14 +12,16 @@ import argparse
 import asyncio
 import sys
 import time
+from functools import partial
 
 import httpx
 
 from receiver.cli.store import settings_from_args, with_store
+from receiver.dispatch.sync_settings import stages_in_force
 from receiver.errors import UpstreamError
 from receiver.hubspot.pacer import RequestPacer
 from receiver.hubspot.search import ContactSearch
-from receiver.jobs.backfill import TOKEN_REQUIRED, BackfillRefused, start_backfill, synced_stages
+from receiver.jobs.backfill import TOKEN_REQUIRED, BackfillRefused, start_backfill
 from receiver.jobs.reconcile import Reconciler
 from receiver.models import BackfillJob
 from receiver.ops.metrics import Metrics
@@ -49,7 +51,8 @@ def run_backfill(settings: Settings, stages: list[str] | None, wait: bool) -> in
 
     async def work(store: EventStore) -> int:
         try:
-            job = await start_backfill(store, settings, stages, time.time())
+            synced = partial(stages_in_force, store, settings)
+            job = await start_backfill(store, settings, stages, time.time(), synced)
         except BackfillRefused as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
@@ -140,7 +143,7 @@ def run_reconcile(settings: Settings) -> int:
                 store=store,
                 search=search,
                 properties=hubspot_properties(*mappings),
-                stages=synced_stages(settings),
+                stages=partial(stages_in_force, store, settings),
                 interval_s=settings.reconcile_interval_s,
                 owner="cli",
             )

@@ -29,6 +29,7 @@ from receiver.sync.sync_settings import (
     check,
     in_force,
     routing_for,
+    synced_stages,
 )
 
 log = get_logger("receiver.dispatch.sync_settings")
@@ -50,6 +51,12 @@ def configured_values(settings: Settings) -> SyncValues:
 async def read_in_force(store: EventStore, settings: Settings) -> SyncSettingsInForce:
     """The settings in force, read from the database (one read)."""
     return in_force(configured_values(settings), await store.load_sync_settings())
+
+
+async def stages_in_force(store: EventStore, settings: Settings) -> list[str]:
+    """The stages of the syncs that are on in the settings in force (one read): what a
+    backfill takes by default and what reconciliation searches."""
+    return synced_stages((await read_in_force(store, settings)).values)
 
 
 def sync_settings_json(current: SyncSettingsInForce) -> dict[str, Any]:

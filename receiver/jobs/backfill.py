@@ -8,7 +8,8 @@ writing each page's contacts as ``stagesync.backfill`` events through the store'
 ingest (the webhooks' group commit), then storing the counts and the cursor with its
 lease renewed. So a restart goes on from the last page stored, a dead runner's job is
 taken over when its lease expires, and a cancel stops the job after the page in flight,
-whose events stay queued.
+whose events stay queued. A job gives way to webhooks: it commits in slices, and spaces
+its pages while webhooks keep coming (see :mod:`receiver.jobs.yielding`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -25,6 +26,7 @@ from receiver.errors import UpstreamError
 from receiver.hubspot.search import ContactSearch, Filter, SearchCursor
 from receiver.jobs.events import search_event
 from receiver.jobs.paging import Pager, Stopped
+from receiver.jobs.yielding import BUSY_PAGE_GAP_S, WebhookLoad, give_way, ingest_in_slices
 from receiver.models import BackfillJob
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
@@ -60,16 +62,22 @@ TOKEN_REQUIRED = (
 )
 
 
-def synced_stages(settings: Settings) -> list[str]:
-    """Every stage of the syncs that are on: the lead stages, then the contact stages."""
-    return list(dict.fromkeys([*settings.lead_stages, *settings.contact_stages]))
+#: Reads the stages of the syncs that are on in the sync settings in force (the saved
+#: ones, else the configured ones): a backfill's default and reconciliation's filter. A
+#: read, not a list taken at start-up, so a change saved on any instance applies.
+SyncedStages = Callable[[], Awaitable[Sequence[str]]]
 
 
-def backfill_stages(settings: Settings, stages: Sequence[str] | None) -> list[str]:
-    """The stages a backfill takes (default: all synced ones); refuses any other stage."""
-    synced = synced_stages(settings)
+def backfill_stages(synced: Sequence[str], stages: Sequence[str] | None) -> list[str]:
+    """The stages a backfill takes (default: all ``synced`` ones); refuses any other stage."""
+    if not synced:
+        raise BackfillRefused(
+            400,
+            "nothing_synced",
+            "Neither the lead nor the contact sync is on with any stage: nothing to backfill.",
+        )
     if not stages:
-        return synced
+        return list(synced)
     wanted = list(dict.fromkeys(stages))
     unknown = [s for s in wanted if s not in synced]
     if unknown or len(wanted) > MAX_STAGES:
@@ -77,19 +85,27 @@ def backfill_stages(settings: Settings, stages: Sequence[str] | None) -> list[st
         raise BackfillRefused(
             400,
             "stage_not_synced",
-            f"Only stages that sync can be backfilled; {names} is in neither the lead nor the"
-            f" contact stages ({', '.join(synced)}).",
+            f"Only stages that sync can be backfilled; {names} is in no sync that is on"
+            f" ({', '.join(synced)}).",
         )
     return wanted
 
 
 async def start_backfill(
-    store: EventStore, settings: Settings, stages: Sequence[str] | None, now: float
+    store: EventStore,
+    settings: Settings,
+    stages: Sequence[str] | None,
+    now: float,
+    synced: SyncedStages,
 ) -> BackfillJob:
-    """Insert a running job for a serving instance to pick up; refuses as the SPEC says."""
+    """Insert a running job for a serving instance to pick up; refuses as the SPEC says.
+
+    ``synced`` gives the stages of the syncs on in the settings in force: the default,
+    and the only stages a backfill may take.
+    """
     if not settings.hubspot_token:
         raise BackfillRefused(400, "hubspot_token_required", TOKEN_REQUIRED)
-    chosen = backfill_stages(settings, stages)
+    chosen = backfill_stages(await synced(), stages)
     job = await store.create_backfill(chosen, now)
     if job is None:
         running = [j for j in await store.list_backfills(1) if j.state == "running"]
@@ -132,8 +148,14 @@ class BackfillRunner:
         owner: str | None = None,
         lease_s: float = LEASE_S,
         poll_s: float = POLL_S,
+        load: WebhookLoad | None = None,
+        busy_gap_s: float = BUSY_PAGE_GAP_S,
     ) -> None:
         self.store = store
+        #: The webhook traffic the job gives way to (None: it never waits for it), and
+        #: its wait before each page while that traffic is busy.
+        self.load = load
+        self.busy_gap_s = busy_gap_s
         self.search = search
         self.properties = list(dict.fromkeys([LIFECYCLE_STAGE, *properties]))
         self.metrics = metrics
@@ -222,11 +244,15 @@ class BackfillRunner:
                     return await self.store.get_backfill(job.id)
                 if self._stopping.is_set():
                     raise Stopped
+                if self.load is not None:
+                    await give_way(self.load, self.busy_gap_s, self._stopping)
+                    if self._stopping.is_set():
+                        raise Stopped
                 page = await pager.page(filters, cursor, wait, name)
                 events = [search_event(hit, BACKFILL, name) for hit in page.hits]
                 accepted = 0
                 if events:
-                    accepted = (await self.store.ingest(events, self.clock())).accepted
+                    accepted = await ingest_in_slices(self.store, events, self.clock)
                 found += len(page.hits)
                 queued += accepted
                 pages += 1

@@ -2,12 +2,14 @@
 last pass, to catch the changes whose webhooks never came.
 
 A pass searches ``lastmodifieddate >= watermark - 5 min`` (the overlap covers HubSpot's
-search index lag) in the synced stages, and writes each contact found as a
-``stagesync.reconcile`` event through the store's ingest. Its duplicate key is the
-contact and its ``updatedAt``, so a modification the overlap finds again is a
-duplicate, not a second sync. The dispatcher then skips (``unchanged``) a contact whose
-record would be what was last upserted for it, with no target call: HubSpot bumps the
-modification time for analytics properties all day.
+search index lag) in the stages of the syncs that are on in the sync settings in force,
+read at the start of each pass (so a change saved on any instance applies to the next),
+and writes each contact found as a ``stagesync.reconcile`` event through the store's
+ingest. Its duplicate key is the contact and its ``updatedAt``, so a modification the
+overlap finds again is a duplicate, not a second sync. The dispatcher then skips
+(``unchanged``) a contact whose record would be what was last upserted for it, with no
+target call: HubSpot bumps the modification time for analytics properties all day. A
+pass gives way to webhooks as a backfill does (:mod:`receiver.jobs.yielding`).
 
 The watermark, the time of the last pass and its count are stored, and a pass is leased
 like a backfill job: on PostgreSQL with several instances one runs it, and each waits
@@ -26,8 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from receiver.hubspot.search import ContactSearch, Filter, SearchCursor
+from receiver.jobs.backfill import SyncedStages
 from receiver.jobs.events import search_event
 from receiver.jobs.paging import Pager
+from receiver.jobs.yielding import BUSY_PAGE_GAP_S, WebhookLoad, give_way, ingest_in_slices
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
 from receiver.store.base import EventStore
@@ -63,23 +67,27 @@ class Reconciler:
         store: EventStore,
         search: ContactSearch,
         properties: Sequence[str],
-        stages: Sequence[str],
+        stages: SyncedStages,
         interval_s: float,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         lease_s: float = LEASE_S,
+        load: WebhookLoad | None = None,
     ) -> None:
         self.store = store
+        #: The webhook traffic a pass gives way to, as a backfill does (None: none).
+        self.load = load
         self.search = search
         self.properties = list(dict.fromkeys([LIFECYCLE_STAGE, *properties]))
-        self.stages = tuple(stages)
+        self.stages = stages
         self.interval_s = interval_s
         self.metrics = metrics
         self.clock = clock
         self.owner = owner or f"reconcile-{uuid.uuid4().hex[:12]}"
         self.lease_s = lease_s
         self._task: asyncio.Task[None] | None = None
+        self._never = asyncio.Event()  # a pass is stopped by cancelling it
 
     def start(self) -> None:
         """Run a pass whenever the interval has passed since the last one (any instance's)."""
@@ -118,9 +126,20 @@ class Reconciler:
             return None
         look_back = self.interval_s if self.interval_s > 0 else DEFAULT_INTERVAL_S
         since = state.watermark - OVERLAP_S if state.watermark is not None else started - look_back
+        try:
+            stages = tuple(await self.stages())
+        except BaseException:
+            await self.store.finish_reconcile(self.owner, None, 0, self.clock())
+            raise
+        if not stages:
+            # No sync is on: nothing found could be synced. The watermark moves on; a sync
+            # turned on later offers a backfill of its stages.
+            await self.store.finish_reconcile(self.owner, started, 0, self.clock())
+            log.info("reconcile_nothing_synced")
+            return PassResult(0, 0, since, started, 0)
         filters = [
             Filter(MODIFIED, "GTE", str(int(since * 1000))),
-            Filter(LIFECYCLE_STAGE, "IN", values=self.stages),
+            Filter(LIFECYCLE_STAGE, "IN", values=stages),
         ]
         pager = Pager(self.search, self.properties, self.clock)
         found = queued = 0
@@ -132,10 +151,12 @@ class Reconciler:
 
         try:
             while cursor is not None:
+                if found and self.load is not None:
+                    await give_way(self.load, BUSY_PAGE_GAP_S, self._never)
                 page = await pager.page(filters, cursor, wait, "reconcile")
                 events = [search_event(hit, RECONCILE) for hit in page.hits]
                 if events:
-                    queued += (await self.store.ingest(events, self.clock())).accepted
+                    queued += await ingest_in_slices(self.store, events, self.clock)
                 found += len(page.hits)
                 cursor = page.next
                 if cursor is not None:

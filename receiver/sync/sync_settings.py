@@ -118,16 +118,22 @@ def changes(old: SyncValues, new: SyncValues) -> dict[str, Any]:
     return out
 
 
+def synced_stages(values: SyncValues) -> list[str]:
+    """Every stage of the syncs that are on: the lead stages, then the contact stages."""
+    return list(
+        dict.fromkeys(
+            [
+                *(values.lead_stages if values.lead_sync else ()),
+                *(values.contact_stages if values.contact_sync else ()),
+            ]
+        )
+    )
+
+
 def added_stages(old: SyncValues, new: SyncValues) -> list[str]:
     """Stages a change newly brings into a sync that is on (what a backfill would catch)."""
-    before = set(old.lead_stages if old.lead_sync else ()) | set(
-        old.contact_stages if old.contact_sync else ()
-    )
-    after = [
-        *(new.lead_stages if new.lead_sync else ()),
-        *(new.contact_stages if new.contact_sync else ()),
-    ]
-    return [s for s in dict.fromkeys(after) if s not in before]
+    before = set(synced_stages(old))
+    return [s for s in synced_stages(new) if s not in before]
 
 
 def holder_of(stage: str, values: SyncValues) -> str | None:

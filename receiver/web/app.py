@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -18,13 +19,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from receiver.dispatch.dispatcher import Dispatcher
-from receiver.dispatch.sync_settings import LiveSyncSettings
+from receiver.dispatch.sync_settings import LiveSyncSettings, stages_in_force
 from receiver.hubspot.client import HubSpotClient
 from receiver.hubspot.pacer import RequestPacer
 from receiver.hubspot.search import ContactSearch
 from receiver.hubspot.stages import StageCatalogue
-from receiver.jobs.backfill import BackfillRunner, synced_stages
+from receiver.jobs.backfill import BackfillRunner
 from receiver.jobs.reconcile import Reconciler
+from receiver.jobs.yielding import WebhookLoad
 from receiver.ops.alerts import Alerts
 from receiver.ops.logging import RequestIdMiddleware, get_logger
 from receiver.ops.metrics import Metrics
@@ -150,19 +152,26 @@ def _build_context(
             clock=clock,
         )
     backfills = reconciler = None
+    webhook_load = WebhookLoad()
     if search is not None:
         backfills = BackfillRunner(
-            store=store, search=search, properties=properties, metrics=metrics, clock=clock
+            store=store,
+            search=search,
+            properties=properties,
+            metrics=metrics,
+            clock=clock,
+            load=webhook_load,
         )
         if settings.reconcile_interval_s > 0:
             reconciler = Reconciler(
                 store=store,
                 search=search,
                 properties=properties,
-                stages=synced_stages(settings),
+                stages=partial(stages_in_force, store, settings),
                 interval_s=settings.reconcile_interval_s,
                 metrics=metrics,
                 clock=clock,
+                load=webhook_load,
             )
     dispatcher = Dispatcher(
         store=store,
@@ -194,6 +203,7 @@ def _build_context(
         alerts=alerts,
         backfills=backfills,
         reconciler=reconciler,
+        webhook_load=webhook_load,
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from receiver.dispatch.dispatcher import Dispatcher
 from receiver.dispatch.sync_settings import LiveSyncSettings
 from receiver.hubspot.stages import StageCatalogue
 from receiver.jobs.backfill import BackfillRunner
 from receiver.jobs.reconcile import Reconciler
+from receiver.jobs.yielding import WebhookLoad
 from receiver.ops.alerts import Alerts
 from receiver.ops.metrics import Metrics
 from receiver.settings import Settings
@@ -36,3 +37,5 @@ class AppContext:
     #: None without a HubSpot token, or (reconciler) with RECONCILE_INTERVAL_S=0
     backfills: BackfillRunner | None = None
     reconciler: Reconciler | None = None
+    #: The webhook requests the jobs give way to (noted by the webhook endpoint)
+    webhook_load: WebhookLoad = field(default_factory=WebhookLoad)

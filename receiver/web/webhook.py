@@ -221,6 +221,7 @@ async def _webhook(scope: Scope, receive: Receive, ctx: AppContext) -> Any:
     # Counted before the commit: "received" is every event of a signed, parsed request,
     # including those of a request the store then refuses.
     m.received.inc(len(events))
+    ctx.webhook_load.note()
     try:
         result = await ctx.store.ingest(events, ctx.clock())
     except Exception:

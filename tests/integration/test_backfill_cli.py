@@ -56,7 +56,7 @@ async def test_backfill_wait_follows_the_job_to_its_counts(tmp_path: Path) -> No
     assert re.search(
         rf"backfill 1 done: found {n}, queued {n}, synced {n}, skipped 0, failed 0", result.stdout
     ), result.stdout
-    assert again.returncode == 1 and "neither the lead nor the contact stages" in again.stderr
+    assert again.returncode == 1 and "in no sync that is on" in again.stderr
 
 
 async def test_reconcile_runs_one_pass_in_the_cli_process(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from receiver.models import Kind
 from receiver.targets.base import Target, UpsertRequest, UpsertResult
 from tests.integration.conftest import Backend
 from tests.integration.test_backfill import (
+    ADMIN,
     WAIT_S,
     database,
     portal,
@@ -138,3 +139,50 @@ async def test_reconciliation_runs_every_interval_and_zero_turns_it_off(
     assert [(e.object_id, e.subscription_type) for e in events] == [(1, "stagesync.reconcile")]
     async with service(tmp_path / "off", database.url, fake, reconcile_interval_s=0) as svc:
         assert svc.ctx.reconciler is None and svc.ctx.backfills is not None
+
+
+def _stage_filter(body: dict[str, Any]) -> list[str]:
+    """The lifecycle stages one search body asks for."""
+    filters = [f for group in body["filterGroups"] for f in group["filters"]]
+    return next(f["values"] for f in filters if f["propertyName"] == "lifecyclestage")
+
+
+async def test_reconcile_and_a_default_backfill_take_the_stages_of_the_sync_settings_in_force(
+    tmp_path: Path, database: Backend
+) -> None:
+    fake = portal(30)
+    now_ms = int(time.time() * 1000)
+    # 1 customer, 3 lead, 7 subscriber, 8 salesqualifiedlead (PORTAL_STAGES)
+    for object_id in (1, 3, 7, 8):
+        fake.touch(object_id, when_ms=now_ms - 60_000)
+    async with service(tmp_path, database.url, fake) as svc:
+        reconciler = svc.ctx.reconciler
+        assert reconciler is not None
+        configured = await reconciler.run_pass()
+        configured_search = fake.search_bodies[-1]
+        saved = await svc.http.put(
+            svc.base + "/admin/sync-settings",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            json={"version": 0, "contact_sync": False, "lead_stages": ["lead", "subscriber"]},
+        )
+        assert saved.status_code == 200, saved.text
+        changed = await reconciler.run_pass()
+        changed_search = fake.search_bodies[-1]
+        job_id = await svc.start_backfill()
+        job = await svc.until_job(job_id, "done")
+        refused = await svc.post("/admin/backfill", {"stages": ["customer"]})
+        await svc.settle()
+    assert configured is not None and changed is not None
+    assert _stage_filter(configured_search) == [
+        "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer",
+        "evangelist",
+    ]  # fmt: skip
+    assert configured.found == 3  # 1, 3 and 8
+    # the contact sync is off, and the lead sync takes subscriber instead of the others
+    assert _stage_filter(changed_search) == ["lead", "subscriber"]
+    assert changed.found == 2  # 3 and 7
+    assert job["stages"] == ["lead", "subscriber"]
+    assert job["found"] == sum(
+        1 for c in fake.contacts.values() if c["lifecyclestage"] in {"lead", "subscriber"}
+    )
+    assert refused.status_code == 400 and refused.json()["error"] == "stage_not_synced"

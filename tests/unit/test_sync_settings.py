@@ -7,11 +7,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from receiver.dispatch.sync_settings import LiveSyncSettings, save
 from receiver.errors import AuthExpired
+from receiver.jobs.backfill import BackfillRefused, backfill_stages
 from receiver.models import SavedSyncSettings, SyncValues
 from receiver.sync.rules import RoutingConfig, decide
-from receiver.sync.sync_settings import added_stages, changes, check, holder_of, in_force
+from receiver.sync.sync_settings import (
+    added_stages,
+    changes,
+    check,
+    holder_of,
+    in_force,
+    synced_stages,
+)
 from tests.conftest import build_settings
 from tests.fakes.doubles import InMemoryStore, ScriptedTarget, permanent
 from tests.unit.test_dispatcher import running, stage_event
@@ -146,3 +156,21 @@ async def test_the_dispatcher_tells_the_alerts_of_failures_and_refused_tokens() 
         await rig.final(second)
     assert observer.refused == [("target", "INVALID_SESSION_ID")]
     assert observer.failures == [(second, "INVALID_EMAIL_ADDRESS")]
+
+
+def test_synced_stages_are_those_of_the_syncs_that_are_on_lead_stages_first() -> None:
+    values = SyncValues(True, True, ("lead", "subscriber"), ("customer", "lead"))
+    assert synced_stages(values) == ["lead", "subscriber", "customer"]
+    assert synced_stages(replace(values, lead_sync=False)) == ["customer", "lead"]
+    assert synced_stages(replace(values, lead_sync=False, contact_sync=False)) == []
+
+
+def test_a_backfill_with_no_sync_on_is_refused_and_only_synced_stages_are_taken() -> None:
+    with pytest.raises(BackfillRefused) as nothing:
+        backfill_stages([], None)
+    assert nothing.value.code == "nothing_synced"
+    assert backfill_stages(["lead", "customer"], None) == ["lead", "customer"]
+    assert backfill_stages(["lead", "customer"], ["customer", "customer"]) == ["customer"]
+    with pytest.raises(BackfillRefused) as other:
+        backfill_stages(["lead"], ["customer"])
+    assert (other.value.status, other.value.code) == (400, "stage_not_synced")

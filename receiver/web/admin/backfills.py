@@ -7,10 +7,13 @@ audit line naming the caller by token fingerprint.
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.dispatch.sync_settings import stages_in_force
 from receiver.jobs.backfill import BackfillRefused, start_backfill
 from receiver.ops.logging import get_logger
 from receiver.ops.status import backfill_json
@@ -44,7 +47,8 @@ async def start(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """``POST /admin/backfill``: ``202 {"id": N}``; 400 without a token, 409 if one runs."""
     stages = _stages(await json_body(request, '{"stages": ["lead", "customer"]}'))
     try:
-        job = await start_backfill(ctx.store, ctx.settings, stages, ctx.clock())
+        synced = partial(stages_in_force, ctx.store, ctx.settings)
+        job = await start_backfill(ctx.store, ctx.settings, stages, ctx.clock(), synced)
     except BackfillRefused as exc:
         log.info("backfill_requested", token_fingerprint=caller.fingerprint, refused=exc.code)
         return error(exc.status, exc.code, exc.message)

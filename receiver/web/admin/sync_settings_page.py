@@ -9,10 +9,13 @@ offers a backfill of those stages when this service has one (``POST /admin/backf
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from receiver.dispatch.sync_settings import stages_in_force
 from receiver.jobs.backfill import BackfillRefused, start_backfill
 from receiver.models import EventFilter, SyncValues
 from receiver.ops.logging import get_logger
@@ -163,7 +166,8 @@ async def start_backfill_of(request: Request, ctx: AppContext, caller: Caller) -
     if not stages:
         return refuse(request, 400, "bad_request", "Name the stages to backfill.")
     try:
-        job = await start_backfill(ctx.store, ctx.settings, stages, ctx.clock())
+        synced = partial(stages_in_force, ctx.store, ctx.settings)
+        job = await start_backfill(ctx.store, ctx.settings, stages, ctx.clock(), synced)
     except BackfillRefused as exc:
         return refuse(request, exc.status, exc.code, exc.message)
     log.info(
