@@ -455,7 +455,12 @@ async def test_outage_of_503s_is_retried_to_success(start: ServiceFactory) -> No
         fake.unavailable = True
         began = time.monotonic()
         await service.send([event(n, "customer") for n in ids])
-        await wait_for_calls(fake, 3)
+
+        async def each_failed_twice() -> bool:
+            return all([(await service.only_event(n)).attempts >= 2 for n in ids])
+
+        # Held until every contact has failed twice, however slow a shared machine is.
+        await wait_until(each_failed_twice, WAIT_S, lambda: dict(fake.calls))
         await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - began)))
         fake.unavailable = False
         await service.settled(ids)
