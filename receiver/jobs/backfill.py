@@ -25,7 +25,7 @@ from typing import Any
 from receiver.errors import UpstreamError
 from receiver.hubspot.search import ContactSearch, Filter, SearchCursor
 from receiver.jobs.events import search_event
-from receiver.jobs.paging import Pager, Stopped
+from receiver.jobs.paging import Pager, Stopped, TokenAlerts
 from receiver.jobs.yielding import BUSY_PAGE_GAP_S, WebhookLoad, give_way, ingest_in_slices
 from receiver.models import BackfillJob
 from receiver.ops.logging import get_logger
@@ -150,8 +150,10 @@ class BackfillRunner:
         poll_s: float = POLL_S,
         load: WebhookLoad | None = None,
         busy_gap_s: float = BUSY_PAGE_GAP_S,
+        alerts: TokenAlerts | None = None,
     ) -> None:
         self.store = store
+        self.alerts = alerts
         #: The webhook traffic the job gives way to (None: it never waits for it), and
         #: its wait before each page while that traffic is busy.
         self.load = load
@@ -215,7 +217,7 @@ class BackfillRunner:
 
     async def run(self, job: BackfillJob) -> BackfillJob | None:
         """Run ``job`` (leased by this owner) to its end, or until stopped; the job after."""
-        pager = Pager(self.search, self.properties, self.clock)
+        pager = Pager(self.search, self.properties, self.clock, self.alerts)
         pager.calls = job.calls
         filters = [Filter(LIFECYCLE_STAGE, "IN", values=job.stages)]
         cursor = _cursor(job.cursor)

@@ -4,15 +4,17 @@ A rate limit waits as long as HubSpot asks and uses no attempt; other transient
 failures (5xx, timeouts, an expired token) back off exponentially, up to
 :data:`MAX_TRANSIENT` in a row, after which the job fails with the last error; a
 permanent error fails it at once. Waiting goes through the job's ``wait``, which
-renews its lease and may stop it (a cancel, a shutdown).
+renews its lease and may stop it (a cancel, a shutdown). A token HubSpot refuses is
+alerted on at once (``alerts``), as the dispatcher does for its reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from receiver.errors import RateLimited, TransientError
+from receiver.errors import AuthExpired, RateLimited, TokenRefused, TransientError
 from receiver.hubspot.search import ContactSearch, Filter, SearchCursor, SearchPage
 from receiver.ops.logging import get_logger
 
@@ -26,6 +28,14 @@ BACKOFF_MAX_S = 120.0
 Wait = Callable[[float], Awaitable[None]]
 
 
+class TokenAlerts(Protocol):
+    """Told when HubSpot refuses the token (the alerts); must not block."""
+
+    def token_refused(self, api: str, code: str) -> None:
+        """``api`` refused its token with ``code``."""
+        ...
+
+
 class Stopped(Exception):
     """The job must stop now: cancelled, shut down, or its lease lost."""
 
@@ -37,6 +47,7 @@ class Pager:
     search: ContactSearch
     properties: Sequence[str]
     clock: Callable[[], float]
+    alerts: TokenAlerts | None = None
     calls: int = 0
 
     async def page(
@@ -55,6 +66,7 @@ class Pager:
                 continue
             except TransientError as exc:
                 self.calls += 1
+                self._refused(exc)
                 failures += 1
                 if failures >= MAX_TRANSIENT:
                     raise
@@ -63,8 +75,13 @@ class Pager:
                 log.warning("search_retry", job=job, error_code=exc.code, wait_s=delay)
                 await wait(delay)
                 continue
-            except Exception:
+            except Exception as exc:
                 self.calls += 1
+                self._refused(exc)
                 raise
             self.calls += page.calls
             return page
+
+    def _refused(self, exc: Exception) -> None:
+        if self.alerts is not None and isinstance(exc, AuthExpired | TokenRefused):
+            self.alerts.token_refused("hubspot", exc.code)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from receiver.hubspot.search import ContactSearch, Filter, SearchCursor
 from receiver.jobs.backfill import SyncedStages
 from receiver.jobs.events import search_event
-from receiver.jobs.paging import Pager
+from receiver.jobs.paging import Pager, TokenAlerts
 from receiver.jobs.yielding import BUSY_PAGE_GAP_S, WebhookLoad, give_way, ingest_in_slices
 from receiver.ops.logging import get_logger
 from receiver.ops.metrics import Metrics
@@ -74,8 +74,10 @@ class Reconciler:
         owner: str | None = None,
         lease_s: float = LEASE_S,
         load: WebhookLoad | None = None,
+        alerts: TokenAlerts | None = None,
     ) -> None:
         self.store = store
+        self.alerts = alerts
         #: The webhook traffic a pass gives way to, as a backfill does (None: none).
         self.load = load
         self.search = search
@@ -141,7 +143,7 @@ class Reconciler:
             Filter(MODIFIED, "GTE", str(int(since * 1000))),
             Filter(LIFECYCLE_STAGE, "IN", values=stages),
         ]
-        pager = Pager(self.search, self.properties, self.clock)
+        pager = Pager(self.search, self.properties, self.clock, self.alerts)
         found = queued = 0
         cursor: SearchCursor | None = SearchCursor()
 

@@ -161,6 +161,7 @@ def _build_context(
             metrics=metrics,
             clock=clock,
             load=webhook_load,
+            alerts=alerts,
         )
         if settings.reconcile_interval_s > 0:
             reconciler = Reconciler(
@@ -172,6 +173,7 @@ def _build_context(
                 metrics=metrics,
                 clock=clock,
                 load=webhook_load,
+                alerts=alerts,
             )
     dispatcher = Dispatcher(
         store=store,

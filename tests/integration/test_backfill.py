@@ -24,6 +24,7 @@ from tests.conftest import build_settings
 from tests.fakes.hubspot import ALWAYS, FakeHubSpot, create_fake_hubspot
 from tests.fakes.salesforce import FakeSalesforce
 from tests.integration.conftest import Backend, fresh_schema, postgres_dsn
+from tests.integration.test_sync_health import alert_sink
 from tests.integration.test_two_instances import service_dsn
 from tests.support.servers import running_server
 
@@ -186,6 +187,26 @@ async def test_a_backfill_past_the_bulk_threshold_goes_to_salesforce_in_bulk_job
     # Groups of 500 and more go in bulk; what is left after the last one goes in collections.
     assert in_bulk >= 1000, dict(salesforce.calls)
     assert salesforce.calls["upsert"] == 0
+
+
+async def test_a_token_hubspot_refuses_during_a_backfill_is_alerted(
+    tmp_path: Path, database: Backend
+) -> None:
+    fake = portal(10)
+    async with (
+        alert_sink() as (url, received),
+        service(tmp_path, database.url, fake, alert_webhook_url=url) as svc,
+    ):
+        svc.ctx.alerts.gather_s = 0.2  # type: ignore[union-attr]
+        fake.token = "rotated-in-hubspot"  # the configured one is refused from now on
+        await svc.start_backfill()
+        deadline = time.monotonic() + WAIT_S
+        while not received:
+            assert time.monotonic() < deadline, "no alert arrived"
+            await asyncio.sleep(0.05)
+    text = received[0]["text"]
+    assert "the HubSpot API refused its token (INVALID_AUTHENTICATION)" in text
+    assert fake.token not in text
 
 
 async def test_backfill_of_given_stages_takes_only_those(tmp_path: Path, database: Backend) -> None:
