@@ -9,9 +9,13 @@ kinds of work are held for it:
   running out of work or room, sends what is staged the usual way (:meth:`flush`).
 - **Backfill and reconcile upserts** are *gathered* apart. A backfill queues its
   contacts a search page at a time, with webhook rounds and empty claims in between, so
-  only time lets them go the usual way: :data:`GATHER_IDLE_S` without another, or
-  :data:`GATHER_MAX_S` after the first (well inside half a lease, when a job must have
-  started).
+  time closes a gathering: :data:`GATHER_IDLE_S` without another, :data:`GATHER_MAX_S`
+  after the first (well inside half a lease, when a job must have started), or
+  :data:`GATHER_MAX_RECORDS` gathered. A closed gathering of ``threshold`` records or
+  more goes as one bulk group, a smaller one the usual way. Gathering for as long as
+  that, not just to ``threshold``, is what makes the Bulk API pay: a job costs some seven
+  calls per object (create, upload, close, polls, two result reads), as many as 1,400
+  records in collections.
 
 Each full group waits in :attr:`BulkGroups.ready` for a worker.
 """
@@ -25,10 +29,12 @@ from collections.abc import Callable, Sequence
 from receiver.dispatch.work import ContactWork
 from receiver.sync.rules import SEARCH_TYPES
 
-#: Gathered upserts go the usual way after this long without another.
+#: A gathering closes after this long without another upsert,
 GATHER_IDLE_S = 2.0
-#: ... or this long after the first of them.
+#: ... this long after its first,
 GATHER_MAX_S = 20.0
+#: ... or with this many upserts (the dispatcher keeps room for them in flight).
+GATHER_MAX_RECORDS = 10_000
 
 
 def searched(job: ContactWork) -> bool:
@@ -74,7 +80,7 @@ class BulkGroups:
         first = self._gathered_at[0] if self.gathered else now
         self._gathered_at = (first, now)
         self.gathered.extend(jobs)
-        if len(self.gathered) >= self.threshold:
+        if len(self.gathered) >= max(self.threshold, GATHER_MAX_RECORDS):
             self.ready.append(self.gathered)
             self.gathered = []
 
@@ -92,10 +98,14 @@ class BulkGroups:
         return max(0.0, due - self.clock())
 
     def release(self) -> list[ContactWork]:
-        """The gathered upserts once they waited long enough, to go the usual way."""
+        """Close a gathering that waited long enough: ``threshold`` upserts or more become
+        a bulk group; fewer are returned, to go the usual way."""
         if self.gather_left() != 0.0:
             return []
         out, self.gathered = self.gathered, []
+        if len(out) >= self.threshold:
+            self.ready.append(out)
+            return []
         return out
 
     def held(self) -> list[ContactWork]:

@@ -49,6 +49,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from receiver.dispatch.bulk_groups import GATHER_MAX_RECORDS
 from receiver.dispatch.recorder import FailureObserver, RoundRecorder
 from receiver.dispatch.resolver import ContactReader, RoundResolver
 from receiver.dispatch.work import ContactWork, breathe
@@ -156,9 +157,10 @@ class Dispatcher:
         if self.workers.bulk_threshold > 0:
             # Room for one bulk group in its job while the next one forms, besides the
             # reads in flight: with less, groups never form and the backlog goes 200 a call.
+            # A backfill's gathering has room of its own, so webhooks are claimed beside it.
             self.max_in_flight = max(
                 self.max_in_flight, 2 * self.workers.bulk_threshold + FULL_READS * self.claim_size
-            )
+            ) + max(self.workers.bulk_threshold, GATHER_MAX_RECORDS)
         self._tasks: list[asyncio.Task[None]] = []
         self._reads: set[asyncio.Task[None]] = set()
 

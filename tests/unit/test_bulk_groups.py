@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
+from receiver.dispatch import bulk_groups
 from receiver.dispatch.bulk_groups import GATHER_IDLE_S, GATHER_MAX_S, BulkGroups
 from receiver.dispatch.work import ContactWork
 from receiver.models import ClaimedContact, StoredEvent
@@ -31,14 +34,28 @@ def work(object_id: int, subscription_type: str = BACKFILL) -> ContactWork:
     return out
 
 
-def test_backfill_upserts_gather_into_one_group_across_webhook_rounds() -> None:
-    groups = BulkGroups(threshold=4, clock=Clock(0.0))
+def test_backfill_upserts_gather_into_one_bulk_group_across_webhook_rounds() -> None:
+    clock = Clock(0.0)
+    groups = BulkGroups(threshold=4, clock=clock)
     assert groups.hold([work(1), work(2)], backlog=False) == []
     webhook = work(9, "contact.creation")
     assert groups.hold([webhook], backlog=False) == [webhook]
     assert groups.flush() == []  # an empty claim does not send what gathers
-    assert groups.hold([work(3), work(4)], backlog=False) == []
-    assert [[w.object_id for w in group] for group in groups.ready] == [[1, 2, 3, 4]]
+    assert groups.hold([work(3), work(4), work(5)], backlog=False) == []
+    assert not groups.ready  # past the threshold, the gathering goes on while pages come
+    clock.advance(GATHER_IDLE_S)
+    assert groups.release() == []
+    assert [[w.object_id for w in group] for group in groups.ready] == [[1, 2, 3, 4, 5]]
+
+
+def test_a_gathering_of_the_most_records_becomes_a_bulk_group_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bulk_groups, "GATHER_MAX_RECORDS", 3)
+    groups = BulkGroups(threshold=2, clock=Clock(0.0))
+    groups.hold([work(1), work(2), work(3), work(4)], backlog=False)
+    assert [len(group) for group in groups.ready] == [4]
+    assert groups.gather_left() is None
 
 
 def test_gathered_upserts_go_the_usual_way_after_a_pause() -> None:

@@ -131,7 +131,8 @@ class BulkUpserts:
         uploaded = await self.api.rest(
             "PUT",
             f"{base}/{job_id}/batches",
-            content=write_csv(kind, requests, field),
+            # In a thread: thousands of rows would hold the event loop (and webhook acks).
+            content=await asyncio.to_thread(write_csv, kind, requests, field),
             headers={"Content-Type": "text/csv"},
         )
         if uploaded.status_code not in (200, 201):
@@ -188,7 +189,8 @@ class BulkUpserts:
         response = await self.api.rest("GET", path)
         if response.status_code != 200:
             raise self._error(response, obj)
-        return list(csv.DictReader(io.StringIO(response.text)))
+        text = response.text
+        return await asyncio.to_thread(lambda: list(csv.DictReader(io.StringIO(text))))
 
     def _json(self, response: httpx.Response, obj: str, *ok: int) -> dict[str, Any]:
         if response.status_code not in ok:
