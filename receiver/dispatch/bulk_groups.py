@@ -15,7 +15,10 @@ kinds of work are held for it:
   more goes as one bulk group, a smaller one the usual way. Gathering for as long as
   that, not just to ``threshold``, is what makes the Bulk API pay: a job costs some seven
   calls per object (create, upload, close, polls, two result reads), as many as 1,400
-  records in collections.
+  records in collections. One gathered group is out at a time (queued or in its Bulk
+  job, minutes in a real org); meanwhile further backfill upserts go the usual way, so
+  what a backfill holds back stays bounded and the dispatcher need not count it against
+  the room it keeps for webhooks (:meth:`BulkGroups.backfill_held`).
 
 Each full group waits in :attr:`BulkGroups.ready` for a worker.
 """
@@ -58,13 +61,19 @@ class BulkGroups:
         self.gathered: list[ContactWork] = []
         self._gathered_at = (0.0, 0.0)  # the first and the last gathered
         self.ready: deque[list[ContactWork]] = deque()
+        #: The gathered group queued or in its Bulk job, if any.
+        self.out: list[ContactWork] | None = None
 
     def hold(self, jobs: Sequence[ContactWork], *, backlog: bool) -> list[ContactWork]:
         """Hold what of ``jobs`` goes in bulk; returns the jobs to queue now."""
         if self.threshold <= 0:
             return list(jobs)
+        if self.out is not None:  # one gathered group at a time: these go the usual way
+            return self._stage(list(jobs), backlog=backlog)
         self._gather([j for j in jobs if _bulk_upsert(j)])
-        rest = [j for j in jobs if not _bulk_upsert(j)]
+        return self._stage([j for j in jobs if not _bulk_upsert(j)], backlog=backlog)
+
+    def _stage(self, rest: list[ContactWork], *, backlog: bool) -> list[ContactWork]:
         if not backlog:
             return rest
         self.staged.extend(j for j in rest if j.op == "upsert")
@@ -81,8 +90,21 @@ class BulkGroups:
         self._gathered_at = (first, now)
         self.gathered.extend(jobs)
         if len(self.gathered) >= max(self.threshold, GATHER_MAX_RECORDS):
-            self.ready.append(self.gathered)
-            self.gathered = []
+            self._send_gathered()
+
+    def _send_gathered(self) -> None:
+        self.out, self.gathered = self.gathered, []
+        self.ready.append(self.out)
+
+    def sent(self, group: list[ContactWork]) -> None:
+        """``group``'s Bulk job ended (or never started): the next gathering may form."""
+        if group is self.out:
+            self.out = None
+
+    def backfill_held(self) -> int:
+        """Backfill and reconcile jobs held here or in their Bulk job: bounded by one
+        gathering and one group out, whatever the dispatcher's room."""
+        return len(self.gathered) + (len(self.out) if self.out is not None else 0)
 
     def flush(self) -> list[ContactWork]:
         """The staged upserts, to go the usual way: fewer than ``threshold`` came."""
@@ -102,10 +124,10 @@ class BulkGroups:
         a bulk group; fewer are returned, to go the usual way."""
         if self.gather_left() != 0.0:
             return []
-        out, self.gathered = self.gathered, []
-        if len(out) >= self.threshold:
-            self.ready.append(out)
+        if len(self.gathered) >= self.threshold:
+            self._send_gathered()
             return []
+        out, self.gathered = self.gathered, []
         return out
 
     def held(self) -> list[ContactWork]:
@@ -116,3 +138,4 @@ class BulkGroups:
         """Forget every held job (the dispatcher stops)."""
         self.staged, self.gathered = [], []
         self.ready.clear()
+        self.out = None

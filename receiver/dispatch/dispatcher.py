@@ -49,7 +49,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from receiver.dispatch.bulk_groups import GATHER_MAX_RECORDS
 from receiver.dispatch.recorder import FailureObserver, RoundRecorder
 from receiver.dispatch.resolver import ContactReader, RoundResolver
 from receiver.dispatch.work import ContactWork, breathe
@@ -157,10 +156,9 @@ class Dispatcher:
         if self.workers.bulk_threshold > 0:
             # Room for one bulk group in its job while the next one forms, besides the
             # reads in flight: with less, groups never form and the backlog goes 200 a call.
-            # A backfill's gathering has room of its own, so webhooks are claimed beside it.
             self.max_in_flight = max(
                 self.max_in_flight, 2 * self.workers.bulk_threshold + FULL_READS * self.claim_size
-            ) + max(self.workers.bulk_threshold, GATHER_MAX_RECORDS)
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self._reads: set[asyncio.Task[None]] = set()
 
@@ -222,7 +220,7 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         while True:
             self.last_tick = self.clock()
-            if self._in_flight >= self.max_in_flight:
+            if self._crowded():
                 self.workers.flush()  # staged jobs must not wait for room they hold
                 self._room.clear()
                 await _wait(self._room, POLL_S)
@@ -305,7 +303,13 @@ class Dispatcher:
         full, a claimed round is being read, or a batch's worth of events came since the
         last claim; and there is room to claim them."""
         coming = self._claim_full or self._reading > 0 or self._arrived >= self.target.batch_size
-        return coming and self._in_flight < self.max_in_flight
+        return coming and not self._crowded()
+
+    def _crowded(self) -> bool:
+        """True when no more may be claimed. What a backfill holds for the Bulk API
+        (bounded on its own, see :mod:`receiver.dispatch.bulk_groups`) does not count, so
+        webhooks are claimed beside a Bulk job of minutes."""
+        return self._in_flight - self.workers.bulk.backfill_held() >= self.max_in_flight
 
     def _backlog(self, claimed: Sequence[ClaimedContact], now: float) -> bool:
         if self.hubspot is None or len(claimed) < self.claim_size:

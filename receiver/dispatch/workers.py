@@ -148,11 +148,14 @@ class TargetWorkers:
             if not self.ready:
                 return  # another worker took them meanwhile
         now = self.clock()
+        group: list[ContactWork] = []
         if bulk:
-            batch = [job for job in self.bulk.ready.popleft() if self._in_time(job, now)]
+            group = self.bulk.ready.popleft()
+            batch = [job for job in group if self._in_time(job, now)]
         else:
             batch = self.take(now)
         if not batch:
+            self.bulk.sent(group)
             return
         self._bulk_calls += bulk
         try:
@@ -165,6 +168,7 @@ class TargetWorkers:
         finally:
             self._bulk_calls -= bulk
             if bulk:
+                self.bulk.sent(group)
                 self._signal.set()  # a bulk slot is free again
 
     def nudge(self) -> None:

@@ -95,3 +95,20 @@ def test_without_a_bulk_path_nothing_is_held() -> None:
     groups = BulkGroups(threshold=0, clock=Clock(0.0))
     jobs = [work(1), work(2, "contact.creation")]
     assert groups.hold(jobs, backlog=True) == jobs
+
+
+def test_while_a_gathered_group_is_out_further_backfill_upserts_go_the_usual_way() -> None:
+    clock = Clock(0.0)
+    groups = BulkGroups(threshold=2, clock=clock)
+    groups.hold([work(1), work(2)], backlog=False)
+    clock.advance(GATHER_IDLE_S)
+    groups.release()
+    [group] = groups.ready
+    assert groups.backfill_held() == 2
+    later = [work(3)]
+    assert groups.hold(later, backlog=False) == later  # one group out at a time
+    groups.ready.popleft()
+    groups.sent(group)  # its Bulk job ended
+    assert groups.backfill_held() == 0
+    assert groups.hold([work(4)], backlog=False) == []  # gathering again
+    assert groups.backfill_held() == 1
