@@ -120,13 +120,12 @@ async def test_a_webhook_commit_is_not_queued_behind_a_whole_backfill_page() -> 
 # -- pages spaced under load ------------------------------------------------------------------
 
 
-async def test_a_backfill_commits_each_page_in_slices_at_full_speed_when_webhooks_are_quiet() -> (
-    None
-):
+async def backfill_taken(
+    load: WebhookLoad,
+) -> tuple[CountingStore, ScriptedSearch, BackfillRunner, Any]:
+    """A runner over three pages of 120 contacts, and the backfill job it has taken."""
     store = CountingStore()
     search = ScriptedSearch(pages=3, size=120)
-    load = WebhookLoad(busy_requests=10)
-    load.note()  # one webhook: a trickle
     runner = BackfillRunner(
         store=store,
         search=search,
@@ -138,6 +137,15 @@ async def test_a_backfill_commits_each_page_in_slices_at_full_speed_when_webhook
     assert job is not None
     taken = await store.take_backfill(runner.owner, runner.clock(), 60.0)
     assert taken is not None
+    return store, search, runner, taken
+
+
+async def test_a_backfill_commits_each_page_in_slices_at_full_speed_when_webhooks_are_quiet() -> (
+    None
+):
+    load = WebhookLoad(busy_requests=10)
+    load.note()  # one webhook: a trickle
+    store, search, runner, taken = await backfill_taken(load)
     done = await asyncio.wait_for(runner.run(taken), 30)
     assert done is not None and (done.state, done.found, done.queued) == ("done", 360, 360)
     assert search.calls == 3
@@ -146,21 +154,9 @@ async def test_a_backfill_commits_each_page_in_slices_at_full_speed_when_webhook
 
 async def test_a_backfill_waits_before_its_pages_while_webhooks_are_busy_and_a_stop_ends_the_wait(
 ) -> None:  # fmt: skip
-    store = CountingStore()
-    search = ScriptedSearch(pages=3, size=120)
     load = WebhookLoad(busy_requests=1, window_s=3600)
     load.note()  # webhooks keep coming
-    runner = BackfillRunner(
-        store=store,
-        search=search,
-        properties=["email"],
-        load=load,
-        busy_gap_s=3600,  # type: ignore[arg-type]
-    )
-    job = await store.create_backfill(["lead"], 0.0)
-    assert job is not None
-    taken = await store.take_backfill(runner.owner, runner.clock(), 60.0)
-    assert taken is not None
+    _, search, runner, taken = await backfill_taken(load)
     running = asyncio.create_task(runner.run(taken))
     for _ in range(20):
         await asyncio.sleep(0)
