@@ -19,6 +19,10 @@ connection's instance token as payload, so a store can ignore its own notificati
 
 from __future__ import annotations
 
+from typing import Any
+
+from receiver.errors import ConfigError, StoreError
+from receiver.store.postgres.sql import MIGRATE_LOCK
 from receiver.store.sql import OPEN_SQL
 
 SCHEMA_TABLE = "stagesync_schema"
@@ -227,3 +231,31 @@ MIGRATIONS: list[list[str]] = [
         """,
     ],
 ]
+
+
+async def migrate(conn: Any) -> None:
+    """Bring the schema to the newest version in one transaction, under an advisory lock
+    so that instances starting together migrate one after the other."""
+    async with conn.transaction():
+        if await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
+            # A standby, or default_transaction_read_only: every webhook would get a 503.
+            raise StoreError(
+                "the database only takes reads (a standby, or default_transaction_read_only"
+                " is on): point STAGESYNC_DATABASE_URL at the primary"
+            )
+        await conn.execute(MIGRATE_LOCK)
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SCHEMA_TABLE):
+            await conn.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL)")
+        version = int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}"))
+        if version > len(MIGRATIONS):
+            raise ConfigError(
+                [
+                    f"STAGESYNC_DATABASE_URL: the database schema is version {version},"
+                    f" newer than this stagesync knows ({len(MIGRATIONS)}); upgrade stagesync"
+                ]
+            )
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(f"DELETE FROM {SCHEMA_TABLE}")
+            await conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES ($1)", number)

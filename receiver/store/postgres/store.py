@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from receiver.errors import ConfigError, StoreError
+from receiver.errors import StoreError
 from receiver.models import (
     ClaimedContact,
     ContactState,
@@ -62,7 +62,7 @@ from receiver.store.postgres import sql as q
 from receiver.store.postgres import sync_settings as sync_settings
 from receiver.store.postgres.jobs import PostgresJobs
 from receiver.store.postgres.listen import NotifyListener
-from receiver.store.postgres.schema import MIGRATIONS, SCHEMA_TABLE
+from receiver.store.postgres.schema import migrate
 from receiver.store.replay import purge_in_chunks, replay_in_chunks
 from receiver.store.rows import DollarParams, event_from_row, storable
 
@@ -114,7 +114,7 @@ class PostgresStore(PostgresJobs):
         )
         try:
             async with self._pool.acquire() as conn:
-                await self._migrate(conn)
+                await migrate(conn)
                 channel = str(await conn.fetchval(q.CHANNEL))
         except BaseException:
             await self._pool.close()
@@ -130,34 +130,6 @@ class PostgresStore(PostgresJobs):
     async def _listen_connection(self) -> Any:
         settings = self._server_settings()
         return await asyncpg.connect(self.dsn, server_settings=settings, timeout=CONNECT_TIMEOUT_S)
-
-    @staticmethod
-    async def _migrate(conn: Any) -> None:
-        async with conn.transaction():
-            if await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
-                # A standby, or default_transaction_read_only: every webhook would get a 503.
-                raise StoreError(
-                    "the database only takes reads (a standby, or default_transaction_read_only"
-                    " is on): point STAGESYNC_DATABASE_URL at the primary"
-                )
-            await conn.execute(q.MIGRATE_LOCK)
-            if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SCHEMA_TABLE):
-                await conn.execute(f"CREATE TABLE {SCHEMA_TABLE} (version INTEGER NOT NULL)")
-            version = int(
-                await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_TABLE}")
-            )
-            if version > len(MIGRATIONS):
-                raise ConfigError(
-                    [
-                        f"STAGESYNC_DATABASE_URL: the database schema is version {version},"
-                        f" newer than this stagesync knows ({len(MIGRATIONS)}); upgrade stagesync"
-                    ]
-                )
-            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    await conn.execute(statement)
-                await conn.execute(f"DELETE FROM {SCHEMA_TABLE}")
-                await conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES ($1)", number)
 
     async def close(self) -> None:
         """Answer every queued ingest, stop the background tasks, close the pool."""
